@@ -1,0 +1,107 @@
+//! Transports: one trait, chosen by configuration.
+//!
+//! A transport is a reliable, ordered, bidirectional byte stream between the
+//! two ends of a channel, driven without blocking: [`Transport::send`] and
+//! [`Transport::recv`] never wait, so one thread can poll a transport and
+//! everything else in a run-to-completion loop. Framing, CRCs and sequence
+//! checks live above, in the channel; a transport only moves bytes.
+//!
+//! | name  | module   | how                                                     |
+//! |-------|----------|---------------------------------------------------------|
+//! | tcp   | [`tcp`]  | std sockets, TCP_NODELAY, nonblocking                   |
+//! | shm   | [`shm`]  | two one-sided byte rings in a shared mapping (one host) |
+//! | uring | [`uring`]| io_uring over a TCP socket                              |
+
+use std::io;
+use std::time::Duration;
+
+pub mod shm;
+pub mod tcp;
+pub mod uring;
+
+/// Why a transport operation failed. After any error the transport is dead.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The peer closed the connection in order.
+    #[error("peer closed the connection")]
+    Closed,
+    /// The peer vanished (reset, crashed process, dead mapping owner).
+    #[error("peer lost: {0}")]
+    PeerLost(String),
+    /// An operating-system error, with what was being done.
+    #[error("{op}: {source}")]
+    Io {
+        /// The operation, e.g. "send to 127.0.0.1:7000".
+        op: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The transport cannot work here; the message names the cause and a way out.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl TransportError {
+    /// Wraps an `io::Error` with the operation that failed.
+    pub fn io(op: impl Into<String>, source: io::Error) -> TransportError {
+        TransportError::Io {
+            op: op.into(),
+            source,
+        }
+    }
+}
+
+/// What [`Transport::wait`] waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interest {
+    /// Bytes to receive.
+    Readable,
+    /// Room to send.
+    Writable,
+    /// Either.
+    Both,
+}
+
+/// A connected, nonblocking byte stream.
+pub trait Transport: Send + std::fmt::Debug {
+    /// Short name for logs and reports (`tcp`, `shm`, `uring`).
+    fn name(&self) -> &'static str;
+
+    /// Sends a prefix of the concatenation of `bufs` without blocking and
+    /// returns its length; 0 means no room now (flow control). Bytes counted
+    /// as sent are owned by the transport: the caller may reuse its buffers.
+    fn send(&mut self, bufs: &[&[u8]]) -> Result<usize, TransportError>;
+
+    /// Moves received bytes into `buf` without blocking and returns how many;
+    /// 0 means nothing has arrived. An orderly close is `Err(Closed)` once all
+    /// bytes before it were returned.
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize, TransportError>;
+
+    /// Makes progress on work the transport queued internally (io_uring
+    /// completions, a partially sent batch). Called by polling loops every
+    /// round; returns true if anything moved. Default: nothing to do.
+    fn progress(&mut self) -> Result<bool, TransportError> {
+        Ok(false)
+    }
+
+    /// Bytes accepted by `send` but not yet handed to the kernel or peer.
+    fn pending_send(&self) -> usize {
+        0
+    }
+
+    /// Blocks for at most `timeout` until `interest` may be satisfied (a
+    /// spurious early return is allowed). Used by the `park` idle strategy.
+    fn wait(&mut self, interest: Interest, timeout: Duration) -> Result<(), TransportError>;
+
+    /// Human-readable peer address (for error messages).
+    fn peer(&self) -> String;
+}
+
+/// Accepts connections for one transport; keeps listening after a connection ends.
+pub trait Listener: Send + std::fmt::Debug {
+    /// Waits up to `timeout` for the next connection; `Ok(None)` on timeout.
+    fn accept(&mut self, timeout: Duration) -> Result<Option<Box<dyn Transport>>, TransportError>;
+
+    /// The address peers connect to (e.g. `127.0.0.1:7100` or `shm:NAME`).
+    fn local_addr(&self) -> String;
+}

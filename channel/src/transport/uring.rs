@@ -1,0 +1,1 @@
+//! uring transport (in progress).

@@ -1,0 +1,193 @@
+//! The log file: what `--capture` / `--record-log` write and `ftvm log inspect`
+//! reads. A 16-byte file header, then frames exactly as shipped.
+//!
+//! ```text
+//! 0  8 bytes  magic  "FTVMLOG\0"
+//! 8  u32      wire format version of the frames that follow
+//! 12 u32      reserved, 0
+//! 16 frames ...
+//! ```
+
+use crate::{DecodeError, Frame, VERSION, decode};
+
+/// File magic.
+pub const FILE_MAGIC: [u8; 8] = *b"FTVMLOG\0";
+/// File header size.
+pub const FILE_HEADER_LEN: usize = 16;
+
+/// The file header for this build's format version.
+pub fn file_header() -> [u8; FILE_HEADER_LEN] {
+    let mut h = [0u8; FILE_HEADER_LEN];
+    h[..8].copy_from_slice(&FILE_MAGIC);
+    h[8..12].copy_from_slice(&u32::from(VERSION).to_le_bytes());
+    h
+}
+
+/// A log file that cannot be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LogFileError {
+    /// Shorter than the file header.
+    #[error("log file is {len} bytes, shorter than its {need}-byte header")]
+    TooShort {
+        /// File length.
+        len: usize,
+        /// Header length.
+        need: usize,
+    },
+    /// Not an ftvm log file.
+    #[error("not an ftvm log file: magic {found:02x?} at offset 0")]
+    BadMagic {
+        /// First 8 bytes.
+        found: [u8; 8],
+    },
+    /// Written by a format version this build cannot read.
+    #[error("log file format version {found} at offset 8, this build reads version {supported}")]
+    UnknownVersion {
+        /// Version found.
+        found: u32,
+        /// Version supported.
+        supported: u8,
+    },
+    /// A frame failed to decode (carries offset and seq).
+    #[error("bad frame: {0}")]
+    Frame(DecodeError),
+    /// Entry sequence numbers are not contiguous.
+    #[error("sequence gap at offset {offset}: expected seq {expected}, found {found}")]
+    SeqGap {
+        /// Offset of the frame.
+        offset: u64,
+        /// Expected sequence number.
+        expected: u64,
+        /// Found sequence number.
+        found: u64,
+    },
+}
+
+/// Iterates the frames of a log file held in memory, checking each frame and
+/// the continuity of entry sequence numbers. Stops after the first error.
+#[derive(Debug)]
+pub struct LogReader<'a> {
+    data: &'a [u8],
+    pos: usize,
+    next_seq: Option<u64>,
+    failed: bool,
+}
+
+impl<'a> LogReader<'a> {
+    /// Checks the file header and positions at the first frame.
+    pub fn new(data: &'a [u8]) -> Result<LogReader<'a>, LogFileError> {
+        if data.len() < FILE_HEADER_LEN {
+            return Err(LogFileError::TooShort {
+                len: data.len(),
+                need: FILE_HEADER_LEN,
+            });
+        }
+        let mut magic = [0u8; 8];
+        magic.copy_from_slice(&data[..8]);
+        if magic != FILE_MAGIC {
+            return Err(LogFileError::BadMagic { found: magic });
+        }
+        let version = u32::from_le_bytes([data[8], data[9], data[10], data[11]]);
+        if version != u32::from(VERSION) {
+            return Err(LogFileError::UnknownVersion {
+                found: version,
+                supported: VERSION,
+            });
+        }
+        Ok(LogReader {
+            data,
+            pos: FILE_HEADER_LEN,
+            next_seq: None,
+            failed: false,
+        })
+    }
+
+    /// Byte offset of the next frame.
+    pub fn offset(&self) -> u64 {
+        self.pos as u64
+    }
+}
+
+impl<'a> Iterator for LogReader<'a> {
+    /// Each frame with its byte offset in the file.
+    type Item = Result<(u64, Frame<'a>), LogFileError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.pos >= self.data.len() {
+            return None;
+        }
+        let offset = self.pos as u64;
+        let item = match decode(&self.data[self.pos..]) {
+            Ok((frame, len)) => {
+                let seq = frame.header.seq;
+                match self.next_seq {
+                    Some(expected) if !frame.header.kind.is_control() && seq != expected => {
+                        Err(LogFileError::SeqGap {
+                            offset,
+                            expected,
+                            found: seq,
+                        })
+                    }
+                    _ => {
+                        if !frame.header.kind.is_control() {
+                            self.next_seq = Some(seq + 1);
+                        }
+                        self.pos += len;
+                        Ok((offset, frame))
+                    }
+                }
+            }
+            Err(e) => Err(LogFileError::Frame(e.at_offset(offset))),
+        };
+        self.failed = item.is_err();
+        Some(item)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Header, Kind, encode, frame_len};
+
+    fn file(seqs: &[u64]) -> Vec<u8> {
+        let mut v = file_header().to_vec();
+        for &s in seqs {
+            let mut b = vec![0u8; frame_len(3)];
+            encode(&mut b, &Header::new(Kind::PortIn, s, s * 2, 3), b"abc").unwrap();
+            v.extend_from_slice(&b);
+        }
+        v
+    }
+
+    #[test]
+    fn reads_back_every_frame_with_offsets() {
+        let f = file(&[1, 2, 3]);
+        let got: Vec<_> = LogReader::new(&f).unwrap().map(|r| r.unwrap()).collect();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].0, 16);
+        assert_eq!(got[1].0, 16 + 48);
+        assert_eq!(got[2].1.header.exit_ordinal, 6);
+    }
+
+    #[test]
+    fn truncation_and_gaps_are_named() {
+        let f = file(&[1, 2, 3]);
+        let cut = &f[..f.len() - 5];
+        let errs: Vec<_> = LogReader::new(cut)
+            .unwrap()
+            .filter_map(|r| r.err())
+            .collect();
+        assert_eq!(errs.len(), 1);
+        let msg = errs[0].to_string();
+        assert!(msg.contains("offset 112") && msg.contains("seq 3"), "{msg}");
+
+        let f = file(&[1, 3]);
+        let e = LogReader::new(&f).unwrap().nth(1).unwrap().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "sequence gap at offset 64: expected seq 2, found 3"
+        );
+        assert!(LogReader::new(b"FTVMLOG\0\x09\0\0\0\0\0\0\0").is_err());
+        assert!(LogReader::new(b"nope").is_err());
+    }
+}

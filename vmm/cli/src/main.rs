@@ -1,0 +1,70 @@
+//! The `ftvm` binary: argument parsing and wiring only (the composition root).
+//! Each command group lives in its own module; the work is in the library crates.
+
+use clap::{Parser, Subcommand};
+use mimalloc::MiMalloc;
+
+mod bench_cmd;
+mod channel_cmd;
+mod client_cmd;
+mod demo;
+mod log_cmd;
+mod vmm_cmd;
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+/// ftvm: fault-tolerant virtual machines (record/replay over a logging channel).
+#[derive(Debug, Parser)]
+#[command(name = "ftvm", version, about, propagate_version = true)]
+struct Cli {
+    /// Settings profile: a name shipped in tuning/profiles (latency, throughput,
+    /// balanced) or a path to a TOML file.
+    #[arg(long, global = true, value_name = "NAME")]
+    profile: Option<String>,
+    /// Override one setting, e.g. `--set channel.batch_bytes=4096` (repeatable).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a local demonstration with embedded defaults (no setup needed).
+    Demo(demo::DemoArgs),
+    /// Logging-channel tools: a standalone source (primary end) and sink (backup end).
+    #[command(subcommand)]
+    Channel(channel_cmd::ChannelCommand),
+    /// Log-file tools.
+    #[command(subcommand)]
+    Log(log_cmd::LogCommand),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(bench_cmd::BenchCommand),
+    /// Client of the kv reference guest.
+    Client(client_cmd::ClientArgs),
+    #[command(flatten)]
+    Vmm(vmm_cmd::VmmCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = ftvm_tuning::Settings::load(cli.profile.as_deref(), &cli.sets)
+        .map_err(anyhow::Error::from)
+        .and_then(|settings| match cli.command {
+            Command::Demo(a) => demo::run(a, &settings),
+            Command::Channel(c) => channel_cmd::run(c, &settings),
+            Command::Log(c) => log_cmd::run(c, &settings),
+            Command::Bench(c) => bench_cmd::run(c, &settings),
+            Command::Client(a) => client_cmd::run(a, &settings),
+            Command::Vmm(c) => vmm_cmd::run(c, &settings),
+        });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ftvm: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
