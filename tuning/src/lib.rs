@@ -1,158 +1,168 @@
 //! ftvm-tuning: typed settings, their defaults and ranges, and the shipped profiles.
 //!
-//! Contract: a [`Settings`] value that exists is valid. It is built from the
-//! embedded defaults, then a profile (`tuning/profiles/NAME.toml`, or a path),
-//! then `--set key=value` overrides, and validated once; any wrong key or value
-//! is a [`SettingsError`] naming the key, the value and the allowed range.
+//! Contract: a [`Settings`] returned by [`Settings::load`] or
+//! [`Settings::from_toml_str`] is valid. Any wrong profile, key, type or value
+//! is a [`SettingsError`] whose message names the origin (profile, file or
+//! `--set`), the key, the value and what is allowed. Unknown keys are errors.
 //! Every key is listed in `docs/tuning.md`.
+//!
+//! Main flow ([`Settings::load`]):
+//!
+//! 1. Start from [`Settings::default`] (the defaults in [`types`]).
+//! 2. Apply the profile, if any: a shipped name from [`PROFILES`]
+//!    (`tuning/profiles/NAME.toml`, embedded) or, when the argument contains
+//!    `/` or ends in `.toml`, a file. A profile is a partial TOML file: missing
+//!    keys keep the value they had. Each value is checked against its
+//!    [`KeySpec`] in [`KEYS`] (type, range, power of two) as it is applied.
+//! 3. Apply each `--set key=value` in order ([`Settings::apply_set`]); the key
+//!    is `section.name` or a bare `name` when only one section has it.
+//! 4. Check the whole ([`Settings::validate`]): every range again plus the
+//!    cross-key rules (`batch_bytes <= ring_bytes / 2`,
+//!    `peer_timeout_ms > tick_interval_ms`).
+//!
+//! The two ends of an FT pair compare [`Settings::fingerprint`], a hash of the
+//! keys marked [`KeySpec::pair`]: every `[vmm]` key and `channel.transport`.
+//! Everything else (batching, idle strategy, cores, buffers) is local to one
+//! end and may differ.
+//!
+//! ```
+//! use ftvm_tuning::{Idle, Settings};
+//!
+//! let s = Settings::load(Some("latency"), &["channel.sender_core=1".to_owned()])?;
+//! assert_eq!(s.channel.idle, Idle::Spin);
+//! assert_eq!(s.channel.sender_core, 1);
+//! let err = Settings::load(None, &["channel.batch_bytes=10".to_owned()]).unwrap_err();
+//! assert_eq!(
+//!     err.to_string(),
+//!     "--set channel.batch_bytes=10: value 10 out of range 64..=16777216 (bytes)"
+//! );
+//! # Ok::<(), ftvm_tuning::SettingsError>(())
+//! ```
 
-use serde::{Deserialize, Serialize};
+mod error;
+pub mod keys;
+mod parse;
+mod profiles;
+mod resolve;
+pub mod types;
 
-/// How a polling loop waits when it has nothing to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Idle {
-    /// Busy-poll forever (lowest latency, one core per loop).
-    Spin,
-    /// Spin `spin_before_yield` rounds, then `yield_now`, then park.
-    SpinYield,
-    /// Sleep `park_us` between polls (lowest CPU, wake-up latency of the host).
-    Park,
-}
+pub use error::SettingsError;
+pub use keys::{KEYS, KeySpec, KeyValue, Kind};
+pub use profiles::{PROFILES, profile_names};
+pub use types::{ChannelSettings, Idle, Settings, TransportKind, VmmSettings};
 
-/// Which transport carries the channel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TransportKind {
-    /// std TCP sockets, TCP_NODELAY, nonblocking.
-    Tcp,
-    /// Two one-sided rings in a shared mapping (same host).
-    Shm,
-    /// io_uring over TCP sockets.
-    Uring,
-}
-
-impl TransportKind {
-    /// The name used in settings and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            TransportKind::Tcp => "tcp",
-            TransportKind::Shm => "shm",
-            TransportKind::Uring => "uring",
-        }
-    }
-}
-
-/// `[channel]`: the logging channel.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ChannelSettings {
-    /// Transport (`tcp`, `shm`, `uring`).
-    pub transport: TransportKind,
-    /// Log ring capacity in bytes (power of two).
-    pub ring_bytes: usize,
-    /// Flush when this many bytes are pending.
-    pub batch_bytes: usize,
-    /// Flush when the oldest unsent entry is this old (µs).
-    pub max_delay_us: u64,
-    /// Backup ACKs at least every this many entries.
-    pub ack_every: u32,
-    /// Backup ACKs at most this long after an unACKed entry (µs).
-    pub ack_delay_us: u64,
-    /// Idle direction sends a Tick this often (ms).
-    pub tick_interval_ms: u64,
-    /// No traffic for this long: peer lost (ms).
-    pub peer_timeout_ms: u64,
-    /// Idle strategy of the polling loops.
-    pub idle: Idle,
-    /// Spins before the first yield (`spin-yield`).
-    pub spin_before_yield: u32,
-    /// Sleep per idle round when parked (µs).
-    pub park_us: u64,
-    /// Run sender and receiver on threads of their own.
-    pub threaded: bool,
-    /// Core for the sender / run-to-completion thread; -1: not pinned.
-    pub sender_core: i32,
-    /// Core for the receiver thread; -1: not pinned.
-    pub receiver_core: i32,
-    /// Kernel socket buffer size (SO_SNDBUF/SO_RCVBUF) in bytes.
-    pub socket_buffer_bytes: usize,
-    /// io_uring: kernel SQ polling thread.
-    pub uring_sqpoll: bool,
-    /// io_uring: submission queue entries (power of two).
-    pub uring_entries: u32,
-    /// Backup replay lag that slows the primary (µs).
-    pub lag_limit_us: u64,
-}
-
-impl Default for ChannelSettings {
-    fn default() -> Self {
-        ChannelSettings {
-            transport: TransportKind::Tcp,
-            ring_bytes: 8 << 20,
-            batch_bytes: 64 << 10,
-            max_delay_us: 20,
-            ack_every: 64,
-            ack_delay_us: 50,
-            tick_interval_ms: 50,
-            peer_timeout_ms: 1000,
-            idle: Idle::SpinYield,
-            spin_before_yield: 20_000,
-            park_us: 50,
-            threaded: false,
-            sender_core: -1,
-            receiver_core: -1,
-            socket_buffer_bytes: 4 << 20,
-            uring_sqpoll: false,
-            uring_entries: 256,
-            lag_limit_us: 500_000,
-        }
-    }
-}
-
-/// `[vmm]`: the virtual machine.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct VmmSettings {
-    /// Guest memory in MiB.
-    pub mem_mib: u32,
-    /// Privilege level of the guest's service loop (3 or 0).
-    pub guest_cpl: u8,
-    /// A CHECKPOINT entry every this many exits.
-    pub checkpoint_every_exits: u64,
-}
-
-impl Default for VmmSettings {
-    fn default() -> Self {
-        VmmSettings {
-            mem_mib: 64,
-            guest_cpl: 3,
-            checkpoint_every_exits: 10_000,
-        }
-    }
-}
-
-/// All settings.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Settings {
-    /// The logging channel.
-    pub channel: ChannelSettings,
-    /// The virtual machine.
-    pub vmm: VmmSettings,
-}
-
-/// A wrong key or value (placeholder until the full loader lands).
-#[derive(Debug, thiserror::Error)]
-#[error("settings: {0}")]
-pub struct SettingsError(String);
+/// Version of the fingerprint text; bump when its layout changes.
+const FINGERPRINT_VERSION: u32 = 1;
 
 impl Settings {
-    /// Defaults, then `profile`, then `sets` (`key=value`), validated.
+    /// Defaults, then `profile` (a shipped name or a path), then `sets`
+    /// (`key=value` each), validated.
     pub fn load(profile: Option<&str>, sets: &[String]) -> Result<Settings, SettingsError> {
-        if profile.is_some() || !sets.is_empty() {
-            return Err(SettingsError("profiles and --set are not built yet".into()));
+        let mut settings = Settings::default();
+        let mut origin = String::from("defaults");
+        if let Some(arg) = profile {
+            let (text, profile_origin) = profiles::read(arg)?;
+            parse::apply_toml(&mut settings, &text, &profile_origin)?;
+            origin = profile_origin;
         }
-        Ok(Settings::default())
+        for set in sets {
+            settings.apply_set(set)?;
+        }
+        if !sets.is_empty() {
+            origin.push_str(" with --set overrides");
+        }
+        settings.validate_as(&origin)?;
+        Ok(settings)
+    }
+
+    /// Defaults, then the TOML `text` (a partial settings file), validated.
+    /// `origin` names the text in errors (`profile file x.toml`, `handshake`).
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Settings, SettingsError> {
+        let mut settings = Settings::default();
+        parse::apply_toml(&mut settings, text, origin)?;
+        settings.validate_as(origin)?;
+        Ok(settings)
+    }
+
+    /// Applies one override, `channel.batch_bytes=4096` or `batch_bytes=4096`
+    /// (a bare key must belong to one section only). The value is type- and
+    /// range-checked; cross-key rules wait for [`Settings::validate`].
+    /// On error `self` is unchanged.
+    pub fn apply_set(&mut self, kv: &str) -> Result<(), SettingsError> {
+        parse::apply_set(self, kv)
+    }
+
+    /// Checks every key's range and the cross-key rules.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        self.validate_as("settings")
+    }
+
+    /// [`Settings::validate`], naming `origin` in errors.
+    fn validate_as(&self, origin: &str) -> Result<(), SettingsError> {
+        for spec in KEYS {
+            let value = spec.get(self);
+            spec.check(&value, origin, &value.to_string())?;
+        }
+        let c = &self.channel;
+        if c.batch_bytes > c.ring_bytes / 2 {
+            return Err(SettingsError::BatchOverHalfRing {
+                origin: origin.to_owned(),
+                batch_bytes: c.batch_bytes as u64,
+                ring_bytes: c.ring_bytes as u64,
+            });
+        }
+        if c.peer_timeout_ms <= c.tick_interval_ms {
+            return Err(SettingsError::TimeoutNotAboveTick {
+                origin: origin.to_owned(),
+                peer_timeout_ms: c.peer_timeout_ms,
+                tick_interval_ms: c.tick_interval_ms,
+            });
+        }
+        Ok(())
+    }
+
+    /// The text [`Settings::fingerprint`] hashes: a version line, then
+    /// `key=value` for every key both ends of an FT pair must agree on
+    /// (every `[vmm]` key and `channel.transport`), in [`KEYS`] order.
+    /// Exchange it to explain a fingerprint mismatch.
+    pub fn fingerprint_text(&self) -> String {
+        let mut text = format!("ftvm-tuning fingerprint v{FINGERPRINT_VERSION}\n");
+        for spec in KEYS.iter().filter(|k| k.pair) {
+            text.push_str(&format!("{}={}\n", spec.full_name(), spec.get(self)));
+        }
+        text
+    }
+
+    /// FNV-1a (64 bit) of [`Settings::fingerprint_text`]: equal on both ends of
+    /// an FT pair iff they agree on the pair keys. Stable across builds and hosts.
+    pub fn fingerprint(&self) -> u64 {
+        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        self.fingerprint_text().bytes().fold(OFFSET, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+        })
+    }
+
+    /// The resolved settings as a complete TOML file (every key, units as
+    /// comments); [`Settings::from_toml_str`] reads it back to an equal value.
+    pub fn to_toml(&self) -> String {
+        let mut text = String::new();
+        let mut section = "";
+        for spec in KEYS {
+            if spec.section != section {
+                if !section.is_empty() {
+                    text.push('\n');
+                }
+                section = spec.section;
+                text.push_str(&format!("[{section}]\n"));
+            }
+            let line = format!("{} = {}", spec.name, spec.get(self));
+            if spec.unit == "-" {
+                text.push_str(&format!("{line}\n"));
+            } else {
+                text.push_str(&format!("{line:<36} # {}\n", spec.unit));
+            }
+        }
+        text
     }
 }
