@@ -105,3 +105,42 @@ pub trait Listener: Send + std::fmt::Debug {
     /// The address peers connect to (e.g. `127.0.0.1:7100` or `shm:NAME`).
     fn local_addr(&self) -> String;
 }
+
+/// How long `connect` keeps trying before it reports the peer unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to `addr` over the transport named by `settings.transport`.
+///
+/// `addr` is `host:port` for tcp and uring, a name (letters, digits, `-_.`)
+/// for shm.
+pub fn connect(
+    settings: &ftvm_tuning::ChannelSettings,
+    addr: &str,
+) -> Result<Box<dyn Transport>, TransportError> {
+    use ftvm_tuning::TransportKind;
+    Ok(match settings.transport {
+        TransportKind::Tcp => Box::new(tcp::TcpTransport::connect(
+            addr,
+            settings.socket_buffer_bytes,
+            CONNECT_TIMEOUT,
+        )?),
+        TransportKind::Shm => Box::new(shm::ShmTransport::connect(addr, CONNECT_TIMEOUT)?),
+        TransportKind::Uring => uring::connect(settings, addr)?,
+    })
+}
+
+/// Listens on `addr` over the transport named by `settings.transport`.
+pub fn listen(
+    settings: &ftvm_tuning::ChannelSettings,
+    addr: &str,
+) -> Result<Box<dyn Listener>, TransportError> {
+    use ftvm_tuning::TransportKind;
+    Ok(match settings.transport {
+        TransportKind::Tcp => Box::new(tcp::TcpListenerTransport::bind(
+            addr,
+            settings.socket_buffer_bytes,
+        )?),
+        TransportKind::Shm => Box::new(shm::ShmListener::bind(addr, settings.socket_buffer_bytes)?),
+        TransportKind::Uring => uring::listen(settings, addr)?,
+    })
+}

@@ -1,1 +1,252 @@
-//! tcp transport (in progress).
+//! `tcp`: std TCP sockets, `TCP_NODELAY`, nonblocking; the baseline transport.
+//!
+//! Busy-polling or blocking is the caller's idle strategy: the socket is
+//! always nonblocking and [`Transport::wait`] is a `poll(2)` for the park case.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+use super::{Interest, Listener, Transport, TransportError};
+
+/// A connected TCP stream.
+#[derive(Debug)]
+pub struct TcpTransport {
+    stream: TcpStream,
+    peer: String,
+}
+
+fn set_buffer(fd: RawFd, opt: libc::c_int, bytes: usize) -> io::Result<()> {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fd` is an open socket owned by the caller for the duration of
+    // the call; `v` lives on the stack and its size is passed exactly.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&raw const v).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits with `poll(2)` for `events` on `fd`; `timeout` is capped at i32::MAX ms.
+pub(crate) fn poll_fd(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis().max(u128::from(!timeout.is_zero())))
+        .unwrap_or(libc::c_int::MAX);
+    // SAFETY: `pfd` is a valid pollfd on the stack and nfds = 1 matches it.
+    let rc = unsafe { libc::poll(&raw mut pfd, 1, ms) };
+    match rc {
+        -1 => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+        0 => Ok(false),
+        _ => Ok(true),
+    }
+}
+
+fn interest_events(interest: Interest) -> libc::c_short {
+    match interest {
+        Interest::Readable => libc::POLLIN,
+        Interest::Writable => libc::POLLOUT,
+        Interest::Both => libc::POLLIN | libc::POLLOUT,
+    }
+}
+
+impl TcpTransport {
+    /// Wraps a connected stream: nonblocking, `TCP_NODELAY`, buffers of `buffer_bytes`.
+    pub fn from_stream(
+        stream: TcpStream,
+        buffer_bytes: usize,
+    ) -> Result<TcpTransport, TransportError> {
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "?".into());
+        let ctx = |what: &str| format!("{what} on tcp connection to {peer}");
+        stream
+            .set_nodelay(true)
+            .map_err(|e| TransportError::io(ctx("set TCP_NODELAY"), e))?;
+        stream
+            .set_nonblocking(true)
+            .map_err(|e| TransportError::io(ctx("set nonblocking"), e))?;
+        let fd = stream.as_raw_fd();
+        set_buffer(fd, libc::SO_SNDBUF, buffer_bytes)
+            .map_err(|e| TransportError::io(ctx("set SO_SNDBUF"), e))?;
+        set_buffer(fd, libc::SO_RCVBUF, buffer_bytes)
+            .map_err(|e| TransportError::io(ctx("set SO_RCVBUF"), e))?;
+        Ok(TcpTransport { stream, peer })
+    }
+
+    /// Connects to `addr` (host:port), trying each resolved address for up to `timeout`.
+    pub fn connect(
+        addr: &str,
+        buffer_bytes: usize,
+        timeout: Duration,
+    ) -> Result<TcpTransport, TransportError> {
+        let addrs: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|e| TransportError::io(format!("resolve tcp address {addr:?}"), e))?
+            .collect();
+        let mut last = None;
+        for a in &addrs {
+            match TcpStream::connect_timeout(a, timeout) {
+                Ok(s) => return TcpTransport::from_stream(s, buffer_bytes),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(TransportError::io(
+            format!("connect tcp to {addr}"),
+            last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address resolved")),
+        ))
+    }
+
+    fn lost(&self, op: &str, e: io::Error) -> TransportError {
+        match e.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof => {
+                TransportError::PeerLost(format!("{op} on tcp connection to {}: {e}", self.peer))
+            }
+            _ => TransportError::io(format!("{op} on tcp connection to {}", self.peer), e),
+        }
+    }
+}
+
+impl Transport for TcpTransport {
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn send(&mut self, bufs: &[&[u8]]) -> Result<usize, TransportError> {
+        let mut slices = [IoSlice::new(&[]); 8];
+        let n = bufs.len().min(slices.len());
+        for (s, b) in slices.iter_mut().zip(bufs) {
+            *s = IoSlice::new(b);
+        }
+        loop {
+            match self.stream.write_vectored(&slices[..n]) {
+                Ok(0) if bufs.iter().any(|b| !b.is_empty()) => {
+                    return Err(TransportError::PeerLost(format!(
+                        "tcp connection to {} accepts no more bytes",
+                        self.peer
+                    )));
+                }
+                Ok(sent) => return Ok(sent),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.lost("send", e)),
+            }
+        }
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize, TransportError> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match self.stream.read(buf) {
+                Ok(0) => return Err(TransportError::Closed),
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.lost("recv", e)),
+            }
+        }
+    }
+
+    fn wait(&mut self, interest: Interest, timeout: Duration) -> Result<(), TransportError> {
+        poll_fd(self.stream.as_raw_fd(), interest_events(interest), timeout)
+            .map(|_| ())
+            .map_err(|e| self.lost("poll", e))
+    }
+
+    fn peer(&self) -> String {
+        format!("tcp:{}", self.peer)
+    }
+}
+
+impl Drop for TcpTransport {
+    fn drop(&mut self) {
+        // An orderly FIN lets the peer tell a close from a crash.
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+}
+
+/// A listening TCP socket.
+#[derive(Debug)]
+pub struct TcpListenerTransport {
+    listener: TcpListener,
+    buffer_bytes: usize,
+    local: String,
+}
+
+impl TcpListenerTransport {
+    /// Binds `addr` (e.g. `127.0.0.1:7100`; port 0 picks a free port).
+    pub fn bind(addr: &str, buffer_bytes: usize) -> Result<TcpListenerTransport, TransportError> {
+        let listener = TcpListener::bind(addr)
+            .map_err(|e| TransportError::io(format!("listen on tcp {addr}"), e))?;
+        listener.set_nonblocking(true).map_err(|e| {
+            TransportError::io(format!("set nonblocking on tcp listener {addr}"), e)
+        })?;
+        let local = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| addr.to_string());
+        Ok(TcpListenerTransport {
+            listener,
+            buffer_bytes,
+            local,
+        })
+    }
+}
+
+impl Listener for TcpListenerTransport {
+    fn accept(&mut self, timeout: Duration) -> Result<Option<Box<dyn Transport>>, TransportError> {
+        let op = || format!("accept on tcp {}", self.local);
+        match self.listener.accept() {
+            Ok((s, _)) => {
+                return Ok(Some(Box::new(TcpTransport::from_stream(
+                    s,
+                    self.buffer_bytes,
+                )?)));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(TransportError::io(op(), e)),
+        }
+        if !poll_fd(self.listener.as_raw_fd(), libc::POLLIN, timeout)
+            .map_err(|e| TransportError::io(op(), e))?
+        {
+            return Ok(None);
+        }
+        match self.listener.accept() {
+            Ok((s, _)) => Ok(Some(Box::new(TcpTransport::from_stream(
+                s,
+                self.buffer_bytes,
+            )?))),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(TransportError::io(op(), e)),
+        }
+    }
+
+    fn local_addr(&self) -> String {
+        self.local.clone()
+    }
+}

@@ -212,6 +212,8 @@ pub struct Frame<'a> {
     pub header: Header,
     /// The payload (without pad).
     pub payload: &'a [u8],
+    /// The whole frame as it was on the wire (header, payload, pad).
+    pub bytes: &'a [u8],
 }
 
 fn get_u16(b: &[u8], off: usize) -> u16 {
@@ -413,6 +415,7 @@ pub fn decode(buf: &[u8]) -> Result<(Frame<'_>, usize), DecodeError> {
         Frame {
             header,
             payload: &frame[HEADER_LEN..HEADER_LEN + payload_len],
+            bytes: frame,
         },
         len,
     ))

@@ -1,0 +1,441 @@
+//! The primary end: ships committed log entries per the flush policy, takes
+//! cumulative ACKs, sends ticks when idle and watches the backup's liveness.
+//!
+//! Flush policy (ARCHITECTURE "The logging channel"): everything committed
+//! leaves in one `send` at once when it holds an OUTPUT entry; otherwise when
+//! `batch_bytes` are pending or the oldest unsent entry is `max_delay_us` old.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use ftvm_ring::log::Consumer;
+use ftvm_tuning::ChannelSettings;
+use ftvm_wire::control::{Ack, Control, Goodbye, Role, Tick};
+use ftvm_wire::raw;
+
+use crate::appender::Appender;
+use crate::error::ChannelError;
+use crate::link::{HelloParams, Link, LinkStats};
+use crate::transport::{Interest, Transport, TransportError};
+
+/// Counters of the primary end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrimaryStats {
+    /// Connection traffic.
+    pub link: LinkStats,
+    /// Log entries handed to the transport.
+    pub entries_sent: u64,
+    /// Log bytes handed to the transport.
+    pub entry_bytes_sent: u64,
+    /// ACK frames received.
+    pub acks: u64,
+    /// Flushes triggered by an OUTPUT entry.
+    pub output_flushes: u64,
+}
+
+/// Unsent part of the log ring, as the sender sees it.
+#[derive(Debug)]
+struct Outbox {
+    consumer: Consumer,
+    /// Bytes of the head records already handed to the transport (a record cut by a short send).
+    partial: usize,
+    /// Bytes from the head already scanned for OUTPUT flags and seqs.
+    scanned: usize,
+    /// An OUTPUT entry is among the scanned, unsent bytes.
+    output_pending: bool,
+    /// When the sender first saw the oldest unsent entry.
+    pending_since: Option<Instant>,
+    /// Seq of the last entry scanned.
+    last_scanned_seq: u64,
+}
+
+/// The primary end of a connected channel. Drive it with [`Primary::poll`].
+#[derive(Debug)]
+pub struct Primary {
+    link: Link,
+    out: Outbox,
+    batch_bytes: usize,
+    max_delay: Duration,
+    tick_interval: Duration,
+    peer_timeout: Duration,
+    last_sent_seq: u64,
+    acked: Ack,
+    stats: PrimaryStats,
+    peer_goodbye: bool,
+    capture: Option<Capture>,
+}
+
+/// The capture sink (a newtype so `Primary` stays `Debug`).
+struct Capture(Box<dyn Write + Send>);
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Capture")
+    }
+}
+
+impl Primary {
+    /// Creates the log ring (`ring_bytes`), performs the handshake over
+    /// `transport` and returns the primary end and the appender for the
+    /// thread that records entries.
+    pub fn establish(
+        transport: Box<dyn Transport>,
+        settings: &ChannelSettings,
+        params: HelloParams,
+    ) -> Result<(Primary, Appender), ChannelError> {
+        let (producer, consumer) = ftvm_ring::log::with_capacity(settings.ring_bytes)?;
+        let first_seq = params.next_seq.max(1);
+        let mut link = Link::new(transport);
+        let timeout = Duration::from_millis(settings.peer_timeout_ms);
+        link.handshake(
+            Role::Primary,
+            HelloParams {
+                next_seq: first_seq,
+                ..params
+            },
+            timeout,
+        )?;
+        let primary = Primary {
+            link,
+            out: Outbox {
+                consumer,
+                partial: 0,
+                scanned: 0,
+                output_pending: false,
+                pending_since: None,
+                last_scanned_seq: first_seq - 1,
+            },
+            batch_bytes: settings.batch_bytes,
+            max_delay: Duration::from_micros(settings.max_delay_us),
+            tick_interval: Duration::from_millis(settings.tick_interval_ms),
+            peer_timeout: timeout,
+            last_sent_seq: first_seq - 1,
+            acked: Ack {
+                acked_seq: first_seq - 1,
+                replayed_seq: first_seq - 1,
+                replay_ordinal: 0,
+            },
+            stats: PrimaryStats::default(),
+            peer_goodbye: false,
+            capture: None,
+        };
+        Ok((primary, Appender::new(producer, first_seq)))
+    }
+
+    /// Writes every entry byte exactly as shipped to `w`, after a log-file
+    /// header (`ftvm_wire::logfile`): `ftvm log inspect` reads it back.
+    pub fn capture_to(&mut self, mut w: Box<dyn Write + Send>) -> Result<(), ChannelError> {
+        w.write_all(&ftvm_wire::logfile::file_header())
+            .map_err(ChannelError::Capture)?;
+        self.capture = Some(Capture(w));
+        Ok(())
+    }
+
+    /// Highest entry seq the backup has ACKed (received and validated).
+    pub fn acked_seq(&self) -> u64 {
+        self.acked.acked_seq
+    }
+
+    /// The backup's last reported replay position.
+    pub fn replay(&self) -> (u64, u64) {
+        (self.acked.replayed_seq, self.acked.replay_ordinal)
+    }
+
+    /// Highest entry seq handed to the transport.
+    pub fn last_sent_seq(&self) -> u64 {
+        self.last_sent_seq
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> PrimaryStats {
+        PrimaryStats {
+            link: self.link.stats,
+            ..self.stats
+        }
+    }
+
+    /// Peer address.
+    pub fn peer(&self) -> &str {
+        &self.link.peer
+    }
+
+    fn transport_err(&self, what: &'static str, source: TransportError) -> ChannelError {
+        ChannelError::Transport {
+            what,
+            last_sent: self.last_sent_seq,
+            last_acked: self.acked.acked_seq,
+            last_received: 0,
+            source,
+        }
+    }
+
+    /// One round of work: take ACKs, ship entries per the flush policy, tick,
+    /// check liveness. Returns the amount of work done (0: idle round).
+    pub fn poll(&mut self) -> Result<usize, ChannelError> {
+        let now = Instant::now();
+        let mut work = self.receive(now)?;
+        work += self.ship(now, false)?;
+        if now.saturating_duration_since(self.link.last_tx) >= self.tick_interval
+            && self.out.partial == 0
+            && !self.link.control_pending()
+        {
+            self.link.queue(Control::Tick(Tick {
+                last_seq: self.last_sent_seq,
+                time_ns: 0,
+            }));
+        }
+        work += self
+            .link
+            .flush_control(now)
+            .map_err(|e| self.transport_err("send tick", e))?;
+        self.check_liveness(now)?;
+        Ok(work)
+    }
+
+    fn check_liveness(&self, now: Instant) -> Result<(), ChannelError> {
+        let silent = self.link.silent_for(now);
+        if silent > self.peer_timeout {
+            return Err(ChannelError::PeerTimeout {
+                peer: self.link.peer.clone(),
+                silent_ms: silent.as_millis() as u64,
+                timeout_ms: self.peer_timeout.as_millis() as u64,
+                last_sent: self.last_sent_seq,
+                last_acked: self.acked.acked_seq,
+                last_received: 0,
+            });
+        }
+        Ok(())
+    }
+
+    fn receive(&mut self, now: Instant) -> Result<usize, ChannelError> {
+        let mut total = 0;
+        // Bounded: a flood of ACKs must not starve the send side.
+        for _ in 0..4 {
+            let n = match self.link.fill(now) {
+                Ok(n) => n,
+                Err(TransportError::Closed) if self.peer_goodbye => 0,
+                Err(e) => return Err(self.transport_err("receive acks", e)),
+            };
+            self.process_frames()?;
+            total += n;
+            if n == 0 {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    fn process_frames(&mut self) -> Result<(), ChannelError> {
+        loop {
+            let (offset, frame) = match self.link.rx.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(bad) => {
+                    return Err(ChannelError::Corrupt {
+                        offset: bad.offset,
+                        expected_seq: 0,
+                        source: bad.error,
+                    });
+                }
+            };
+            let kind = frame.header.kind;
+            let seq = frame.header.seq;
+            let parsed = Control::parse(kind, frame.payload);
+            self.link.stats.control_in += 1;
+            match parsed {
+                Some(Ok(Control::Ack(ack))) => self.take_ack(ack)?,
+                Some(Ok(Control::Tick(_))) => {}
+                Some(Ok(Control::Goodbye(_))) => self.peer_goodbye = true,
+                Some(Ok(Control::Hello(_))) => {
+                    return Err(self.protocol(format!("second hello at stream offset {offset}")));
+                }
+                Some(Err(source)) => return Err(ChannelError::Control { offset, source }),
+                None => {
+                    return Err(self.protocol(format!(
+                        "backup sent a {kind} entry (seq {seq}) at stream offset {offset}"
+                    )));
+                }
+            }
+        }
+    }
+
+    fn protocol(&self, what: String) -> ChannelError {
+        ChannelError::Protocol {
+            peer: self.link.peer.clone(),
+            what,
+        }
+    }
+
+    fn take_ack(&mut self, ack: Ack) -> Result<(), ChannelError> {
+        if ack.acked_seq > self.last_sent_seq {
+            return Err(self.protocol(format!(
+                "ACK for seq {} but the last seq sent is {}",
+                ack.acked_seq, self.last_sent_seq
+            )));
+        }
+        if ack.acked_seq < self.acked.acked_seq {
+            return Err(self.protocol(format!(
+                "ACK went backwards from seq {} to {}",
+                self.acked.acked_seq, ack.acked_seq
+            )));
+        }
+        self.acked = ack;
+        self.stats.acks += 1;
+        Ok(())
+    }
+
+    /// Scans newly committed records, applies the flush policy and sends.
+    /// `force` ships everything regardless of the policy (shutdown).
+    fn ship(&mut self, now: Instant, force: bool) -> Result<usize, ChannelError> {
+        if self.link.control_pending() && self.out.partial == 0 {
+            // A control frame is half out: finish it before any entry bytes.
+            self.link
+                .flush_control(now)
+                .map_err(|e| self.transport_err("send control", e))?;
+            if self.link.control_pending() {
+                return Ok(0);
+            }
+        }
+        let chunk = self.out.consumer.read();
+        let total = chunk.len();
+        if total > self.out.scanned {
+            if self.out.scanned == self.out.partial && self.out.pending_since.is_none() {
+                self.out.pending_since = Some(now);
+            }
+            let mut pos = 0;
+            for rec in chunk.records() {
+                if pos >= self.out.scanned {
+                    self.out.output_pending |= raw::is_output(rec);
+                    self.out.last_scanned_seq = raw::seq(rec);
+                }
+                pos += rec.len();
+            }
+            self.out.scanned = total;
+        }
+        let unsent = total - self.out.partial;
+        if unsent == 0 {
+            return Ok(0);
+        }
+        let due = force
+            || self.out.partial > 0
+            || self.out.output_pending
+            || unsent >= self.batch_bytes
+            || self
+                .out
+                .pending_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= self.max_delay);
+        if !due {
+            return Ok(0);
+        }
+        let (a, b) = chunk.slices();
+        let skip = self.out.partial;
+        let bufs: [&[u8]; 2] = if skip < a.len() {
+            [&a[skip..], b]
+        } else {
+            [&b[skip - a.len()..], &[]]
+        };
+        let n = match self.link.send(&bufs, now) {
+            Ok(n) => n,
+            Err(e) => return Err(self.transport_err("send entries", e)),
+        };
+        if n == 0 {
+            return Ok(0);
+        }
+        if self.out.output_pending {
+            self.stats.output_flushes += 1;
+        }
+        if let Some(w) = self.capture.as_mut() {
+            let mut left = n;
+            for b in bufs {
+                let take = left.min(b.len());
+                w.0.write_all(&b[..take]).map_err(ChannelError::Capture)?;
+                left -= take;
+            }
+        }
+        let sent_total = skip + n;
+        // Seq and count of the whole records now out of our hands.
+        let mut pos = 0;
+        let mut last_seq = self.last_sent_seq;
+        let mut entries = 0;
+        for rec in chunk.records() {
+            if pos + rec.len() > sent_total {
+                break;
+            }
+            pos += rec.len();
+            last_seq = raw::seq(rec);
+            entries += 1;
+        }
+        let released = chunk.release_up_to(sent_total);
+        debug_assert_eq!(released, pos);
+        self.stats.entries_sent += entries;
+        self.stats.entry_bytes_sent += released as u64;
+        self.last_sent_seq = last_seq;
+        self.out.partial = sent_total - released;
+        self.out.scanned -= released;
+        if self.out.partial == self.out.scanned {
+            self.out.output_pending = false;
+            self.out.pending_since = None;
+        }
+        Ok(n)
+    }
+
+    /// Bytes committed to the ring and not yet handed to the transport.
+    pub fn unsent_bytes(&mut self) -> usize {
+        self.out.consumer.read().len() - self.out.partial
+    }
+
+    /// Blocks up to `timeout` for the transport (park idle strategy).
+    pub fn wait(&mut self, timeout: Duration) -> Result<(), ChannelError> {
+        let interest = if self.out.partial > 0 || self.link.control_pending() {
+            Interest::Both
+        } else {
+            Interest::Readable
+        };
+        self.link
+            .t
+            .wait(interest, timeout)
+            .map_err(|e| self.transport_err("wait", e))
+    }
+
+    /// Orderly shutdown: ships every committed entry, waits up to `timeout`
+    /// for the ACK covering the last one, says goodbye.
+    pub fn finish(mut self, timeout: Duration) -> Result<PrimaryStats, ChannelError> {
+        let start = Instant::now();
+        loop {
+            let now = Instant::now();
+            self.receive(now)?;
+            self.ship(now, true)?;
+            self.link
+                .flush_control(now)
+                .map_err(|e| self.transport_err("send control", e))?;
+            if self.out.consumer.is_empty() && self.acked.acked_seq == self.last_sent_seq {
+                break;
+            }
+            self.check_liveness(now)?;
+            if start.elapsed() > timeout {
+                return Err(self.protocol(format!(
+                    "no ACK for seq {} within {} ms of shutdown (acked {})",
+                    self.last_sent_seq,
+                    timeout.as_millis(),
+                    self.acked.acked_seq
+                )));
+            }
+            std::hint::spin_loop();
+        }
+        self.link.queue(Control::Goodbye(Goodbye {
+            last_seq: self.last_sent_seq,
+        }));
+        while self.link.control_pending() {
+            self.link
+                .flush_control(Instant::now())
+                .map_err(|e| self.transport_err("send goodbye", e))?;
+            if start.elapsed() > timeout {
+                break;
+            }
+        }
+        if let Some(w) = self.capture.as_mut() {
+            w.0.flush().map_err(ChannelError::Capture)?;
+        }
+        Ok(self.stats())
+    }
+}

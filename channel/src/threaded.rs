@@ -1,0 +1,267 @@
+//! Threaded mode: an endpoint's poll loop on its own (optionally pinned)
+//! thread. The recording thread reads the ACK position from an atomic; the
+//! replaying thread reads entries from a second log ring.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ftvm_ring::idle::{IdleKind, Idler};
+use ftvm_ring::log::{ClaimError, Consumer};
+use ftvm_tuning::{ChannelSettings, Idle};
+use ftvm_wire::{Frame, decode};
+
+use crate::backup::{Backup, BackupStats};
+use crate::error::ChannelError;
+use crate::primary::{Primary, PrimaryStats};
+
+/// How long a stopping primary waits for the final ACK.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The idle strategy the settings ask for.
+pub fn idler_for(settings: &ChannelSettings) -> Idler {
+    let kind = match settings.idle {
+        Idle::Spin => IdleKind::Spin,
+        Idle::SpinYield => IdleKind::SpinYield,
+        Idle::Park => IdleKind::Park,
+    };
+    Idler::new(
+        kind,
+        settings.spin_before_yield,
+        Duration::from_micros(settings.park_us),
+    )
+}
+
+fn pin(core: i32) {
+    if let Ok(id) = usize::try_from(core) {
+        pin_current_thread(id);
+    }
+}
+
+/// Pins the calling thread to core `id`; returns false if that failed (the
+/// thread then floats, which is correct, only slower).
+pub fn pin_current_thread(id: usize) -> bool {
+    core_affinity::set_for_current(core_affinity::CoreId { id })
+}
+
+/// A primary end running on its own thread.
+#[derive(Debug)]
+pub struct PrimaryHandle {
+    acked: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<PrimaryStats, ChannelError>>>,
+}
+
+impl Primary {
+    /// Moves the poll loop to a thread pinned to `settings.sender_core`
+    /// (unpinned when -1), idling per `settings.idle`.
+    pub fn spawn(mut self, settings: &ChannelSettings) -> PrimaryHandle {
+        let acked = Arc::new(AtomicU64::new(self.acked_seq()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let (a, s, d) = (acked.clone(), stop.clone(), done.clone());
+        let mut idler = idler_for(settings);
+        let core = settings.sender_core;
+        let park = Duration::from_micros(settings.park_us);
+        let thread = std::thread::Builder::new()
+            .name("ftvm-primary-channel".into())
+            .spawn(move || {
+                pin(core);
+                let result = (|| {
+                    // Relaxed: `stop` carries no data; the appender's entries
+                    // are published by the ring's own Release/Acquire pair.
+                    while !s.load(Ordering::Relaxed) {
+                        let work = self.poll()?;
+                        // Release: the gate's thread may act on the ACK
+                        // (release outputs); pairs with Acquire in `acked_seq`.
+                        a.store(self.acked_seq(), Ordering::Release);
+                        if work == 0 && idler.is_parking() {
+                            self.wait(park)?;
+                        } else {
+                            idler.idle(work);
+                        }
+                    }
+                    let stats = self.finish(FINISH_TIMEOUT)?;
+                    Ok(stats)
+                })();
+                // Release: pairs with the Acquire in `is_finished`.
+                d.store(true, Ordering::Release);
+                result
+            })
+            .ok();
+        PrimaryHandle {
+            acked,
+            stop,
+            done,
+            thread,
+        }
+    }
+}
+
+impl PrimaryHandle {
+    /// Highest seq the backup has ACKed.
+    pub fn acked_seq(&self) -> u64 {
+        // Acquire: pairs with the Release store after each poll.
+        self.acked.load(Ordering::Acquire)
+    }
+
+    /// True once the channel thread has stopped (error or finish).
+    pub fn is_finished(&self) -> bool {
+        self.done.load(Ordering::Acquire) || self.thread.is_none()
+    }
+
+    /// Asks the thread to ship everything, wait for the last ACK, say goodbye; joins it.
+    pub fn finish(mut self) -> Result<PrimaryStats, ChannelError> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.join()
+    }
+
+    /// Joins the thread (after it stopped by itself).
+    pub fn join(&mut self) -> Result<PrimaryStats, ChannelError> {
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            _ => Err(ChannelError::Protocol {
+                peer: String::new(),
+                what: "primary channel thread could not start or panicked".into(),
+            }),
+        }
+    }
+}
+
+/// The replaying thread's side of a threaded backup: validated entries in order.
+#[derive(Debug)]
+pub struct ReplayFeed {
+    consumer: Consumer,
+    replayed: Arc<AtomicU64>,
+    ordinal: Arc<AtomicU64>,
+}
+
+impl ReplayFeed {
+    /// Hands every entry received so far to `f`, in order; returns how many.
+    pub fn drain(&mut self, mut f: impl FnMut(&Frame<'_>)) -> usize {
+        let chunk = self.consumer.read();
+        let mut n = 0;
+        for rec in chunk.records() {
+            // Records were validated by the receiver before they were copied here.
+            if let Ok((frame, _)) = decode(rec) {
+                f(&frame);
+                n += 1;
+            }
+        }
+        chunk.release_all();
+        n
+    }
+
+    /// Reports the replay position (carried to the primary by the next ACK).
+    pub fn set_replayed(&self, seq: u64, exit_ordinal: u64) {
+        // Relaxed: two independent counters read for reporting only.
+        self.ordinal.store(exit_ordinal, Ordering::Relaxed);
+        self.replayed.store(seq, Ordering::Relaxed);
+    }
+}
+
+/// A backup end running on its own thread.
+#[derive(Debug)]
+pub struct BackupHandle {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<BackupStats, ChannelError>>>,
+}
+
+impl Backup {
+    /// Moves the poll loop to a thread pinned to `settings.receiver_core`;
+    /// entries flow to the returned [`ReplayFeed`] through a log ring of
+    /// `settings.ring_bytes`. A full feed stops the receiver reading (the
+    /// transport's flow control then reaches the primary); nothing is dropped.
+    pub fn spawn(
+        mut self,
+        settings: &ChannelSettings,
+    ) -> Result<(BackupHandle, ReplayFeed), ChannelError> {
+        let (mut producer, consumer) = ftvm_ring::log::with_capacity(settings.ring_bytes)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let replayed = Arc::new(AtomicU64::new(0));
+        let ordinal = Arc::new(AtomicU64::new(0));
+        let (s, d, r, o) = (
+            stop.clone(),
+            done.clone(),
+            replayed.clone(),
+            ordinal.clone(),
+        );
+        let mut idler = idler_for(settings);
+        let core = settings.receiver_core;
+        let park = Duration::from_micros(settings.park_us);
+        let thread = std::thread::Builder::new()
+            .name("ftvm-backup-channel".into())
+            .spawn(move || {
+                pin(core);
+                let result = (|| {
+                    while !s.load(Ordering::Relaxed) && !self.is_ended() {
+                        self.set_replayed(r.load(Ordering::Relaxed), o.load(Ordering::Relaxed));
+                        let budget = producer.free_bytes();
+                        let mut full = false;
+                        let work = self.poll_budget(budget, |_, frame| {
+                            let bytes = frame.bytes;
+                            match producer.claim(bytes.len()) {
+                                Ok(mut c) => {
+                                    c.buf().copy_from_slice(bytes);
+                                    c.commit();
+                                }
+                                // The budget keeps deliveries within the free space.
+                                Err(
+                                    ClaimError::Full { .. }
+                                    | ClaimError::TooLarge { .. }
+                                    | ClaimError::BadLength { .. },
+                                ) => full = true,
+                            }
+                        })?;
+                        debug_assert!(!full, "replay feed overflowed its budget");
+                        if work == 0 && idler.is_parking() {
+                            self.wait(park)?;
+                        } else {
+                            idler.idle(work);
+                        }
+                    }
+                    Ok(self.stats())
+                })();
+                d.store(true, Ordering::Release);
+                result
+            })
+            .ok();
+        Ok((
+            BackupHandle { stop, done, thread },
+            ReplayFeed {
+                consumer,
+                replayed,
+                ordinal,
+            },
+        ))
+    }
+}
+
+impl BackupHandle {
+    /// True once the thread stopped (goodbye, error, or `stop`).
+    pub fn is_finished(&self) -> bool {
+        // Acquire: pairs with the Release store at thread exit.
+        self.done.load(Ordering::Acquire) || self.thread.is_none()
+    }
+
+    /// Stops the thread and joins it.
+    pub fn stop(mut self) -> Result<BackupStats, ChannelError> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.join()
+    }
+
+    /// Joins the thread after it stopped by itself.
+    pub fn join(&mut self) -> Result<BackupStats, ChannelError> {
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            _ => Err(ChannelError::Protocol {
+                peer: String::new(),
+                what: "backup channel thread could not start or panicked".into(),
+            }),
+        }
+    }
+}
