@@ -45,4 +45,6 @@ pub use error::ChannelError;
 pub use gate::{HoldError, OutputGate};
 pub use link::{HelloParams, LinkStats};
 pub use primary::{Primary, PrimaryStats};
-pub use threaded::{BackupHandle, PrimaryHandle, ReplayFeed, idler_for, pin_current_thread};
+pub use threaded::{
+    AckHook, BackupHandle, PrimaryHandle, PrimaryShared, ReplayFeed, idler_for, pin_current_thread,
+};

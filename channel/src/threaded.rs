@@ -45,10 +45,62 @@ pub fn pin_current_thread(id: usize) -> bool {
     core_affinity::set_for_current(core_affinity::CoreId { id })
 }
 
+/// What the channel thread publishes after every poll round.
+#[derive(Debug, Default)]
+pub struct PrimaryShared {
+    acked: AtomicU64,
+    replayed: AtomicU64,
+    replay_ordinal: AtomicU64,
+    last_sent: AtomicU64,
+    stopped: AtomicBool,
+}
+
+impl PrimaryShared {
+    fn publish(&self, p: &Primary) {
+        let (replayed, ordinal) = p.replay();
+        // Relaxed: reporting counters, read independently.
+        self.replayed.store(replayed, Ordering::Relaxed);
+        self.replay_ordinal.store(ordinal, Ordering::Relaxed);
+        self.last_sent.store(p.last_sent_seq(), Ordering::Relaxed);
+        // Release: whoever acts on the ACK (releases outputs) sees it after
+        // the counters above; pairs with the Acquire in `acked_seq`.
+        self.acked.store(p.acked_seq(), Ordering::Release);
+    }
+
+    /// Highest seq the backup has ACKed.
+    pub fn acked_seq(&self) -> u64 {
+        // Acquire: pairs with the Release store in `publish`.
+        self.acked.load(Ordering::Acquire)
+    }
+
+    /// The backup's replay position (seq, exit ordinal) from its last ACK.
+    pub fn replay(&self) -> (u64, u64) {
+        (
+            self.replayed.load(Ordering::Relaxed),
+            self.replay_ordinal.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Highest seq handed to the transport.
+    pub fn last_sent_seq(&self) -> u64 {
+        self.last_sent.load(Ordering::Relaxed)
+    }
+
+    /// True once the channel thread has stopped (finished or failed).
+    pub fn is_stopped(&self) -> bool {
+        // Acquire: pairs with the Release store at thread exit.
+        self.stopped.load(Ordering::Acquire)
+    }
+}
+
+/// Called by the channel thread after every poll round with the published
+/// positions (e.g. to release held outputs the moment their ACK arrives).
+pub type AckHook = Box<dyn FnMut(&PrimaryShared) + Send>;
+
 /// A primary end running on its own thread.
 #[derive(Debug)]
 pub struct PrimaryHandle {
-    acked: Arc<AtomicU64>,
+    shared: Arc<PrimaryShared>,
     stop: Arc<AtomicBool>,
     done: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<PrimaryStats, ChannelError>>>,
@@ -57,11 +109,17 @@ pub struct PrimaryHandle {
 impl Primary {
     /// Moves the poll loop to a thread pinned to `settings.sender_core`
     /// (unpinned when -1), idling per `settings.idle`.
-    pub fn spawn(mut self, settings: &ChannelSettings) -> PrimaryHandle {
-        let acked = Arc::new(AtomicU64::new(self.acked_seq()));
+    pub fn spawn(self, settings: &ChannelSettings) -> PrimaryHandle {
+        self.spawn_with(settings, Box::new(|_| {}))
+    }
+
+    /// [`Primary::spawn`] with a hook run after every poll round.
+    pub fn spawn_with(mut self, settings: &ChannelSettings, mut hook: AckHook) -> PrimaryHandle {
+        let shared = Arc::new(PrimaryShared::default());
+        shared.publish(&self);
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicBool::new(false));
-        let (a, s, d) = (acked.clone(), stop.clone(), done.clone());
+        let (sh, s, d) = (shared.clone(), stop.clone(), done.clone());
         let mut idler = idler_for(settings);
         let core = settings.sender_core;
         let park = Duration::from_micros(settings.park_us);
@@ -74,9 +132,8 @@ impl Primary {
                     // are published by the ring's own Release/Acquire pair.
                     while !s.load(Ordering::Relaxed) {
                         let work = self.poll()?;
-                        // Release: the gate's thread may act on the ACK
-                        // (release outputs); pairs with Acquire in `acked_seq`.
-                        a.store(self.acked_seq(), Ordering::Release);
+                        sh.publish(&self);
+                        hook(&sh);
                         if work == 0 && idler.is_parking() {
                             self.wait(park)?;
                         } else {
@@ -84,15 +141,18 @@ impl Primary {
                         }
                     }
                     let stats = self.finish(FINISH_TIMEOUT)?;
+                    sh.publish_final();
+                    hook(&sh);
                     Ok(stats)
                 })();
-                // Release: pairs with the Acquire in `is_finished`.
+                // Release: pairs with the Acquire in `is_finished`/`is_stopped`.
                 d.store(true, Ordering::Release);
+                sh.stopped.store(true, Ordering::Release);
                 result
             })
             .ok();
         PrimaryHandle {
-            acked,
+            shared,
             stop,
             done,
             thread,
@@ -100,11 +160,23 @@ impl Primary {
     }
 }
 
+impl PrimaryShared {
+    fn publish_final(&self) {
+        // `finish` returned: everything sent was ACKed.
+        let last = self.last_sent.load(Ordering::Relaxed);
+        self.acked.fetch_max(last, Ordering::Release);
+    }
+}
+
 impl PrimaryHandle {
     /// Highest seq the backup has ACKed.
     pub fn acked_seq(&self) -> u64 {
-        // Acquire: pairs with the Release store after each poll.
-        self.acked.load(Ordering::Acquire)
+        self.shared.acked_seq()
+    }
+
+    /// The positions the channel thread publishes.
+    pub fn shared(&self) -> &Arc<PrimaryShared> {
+        &self.shared
     }
 
     /// True once the channel thread has stopped (error or finish).

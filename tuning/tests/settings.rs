@@ -556,7 +556,7 @@ fn to_toml_round_trips_and_serde_sees_every_section() {
         }
     }
     let json = serde_json::to_value(Settings::default()).unwrap();
-    assert_eq!(json["channel"]["idle"], "spin-yield");
+    assert_eq!(json["channel"]["idle"], "park");
     assert_eq!(json["channel"]["transport"], "tcp");
     assert_eq!(json["vmm"]["mem_mib"], 64);
 }

@@ -1,13 +1,20 @@
-//! `ftvm demo`: a local tour with embedded defaults, no setup. For each
-//! transport (shm, tcp) it runs a sink (the backup end) and a source (the
-//! primary end) on two threads of this process, pinned to their own cores,
-//! first paced (the output rule under a steady load), then flat out.
+//! `ftvm demo`: a local tour with embedded defaults, no setup.
+//!
+//! Part 1 (needs /dev/kvm): the kv guest serving 16 UDP clients, unprotected
+//! and then as a fault-tolerant pair (a backup VM replaying the primary's log
+//! over tcp and over shm): client latency, logging bandwidth, and the check
+//! that both VMs end in the same state.
+//!
+//! Part 2: the logging channel alone, a sink (the backup end) and a source
+//! (the primary end) on two pinned threads, paced and flat out.
 
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ftvm_channel::transport;
+use ftvm_ft::local::{LocalPair, PairOutcome, Protection};
+use ftvm_kvproto::load::{LoadConfig, LoadReport, run_load};
 use ftvm_tuning::{Settings, TransportKind};
 
 use crate::channel_cmd::{SourceOpts, SourceSummary, run_source, serve_sink};
@@ -20,6 +27,9 @@ pub struct DemoArgs {
     /// Entries per second in the paced run.
     #[arg(long, default_value_t = 100_000)]
     pub rate: u64,
+    /// Client operations per kv run.
+    #[arg(long, default_value_t = 20_000)]
+    pub ops: u64,
 }
 
 static NEVER: AtomicBool = AtomicBool::new(false);
@@ -29,7 +39,7 @@ fn pin(core: usize) {
     ftvm_channel::pin_current_thread(core);
 }
 
-fn one_run(settings: &Settings, opts: &SourceOpts) -> anyhow::Result<SourceSummary> {
+fn channel_run(settings: &Settings, opts: &SourceOpts) -> anyhow::Result<SourceSummary> {
     let name = format!("demo-{}-{}", std::process::id(), opts.entries);
     let addr = match settings.channel.transport {
         TransportKind::Shm => name,
@@ -53,7 +63,100 @@ fn one_run(settings: &Settings, opts: &SourceOpts) -> anyhow::Result<SourceSumma
 }
 
 pub fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<()> {
-    println!("ftvm demo: the logging channel, primary end -> backup end, on this machine");
+    match ftvm_vmm::kvm_available() {
+        Ok(()) => pair_part(&args, settings)?,
+        Err(why) => println!("ftvm demo: skipping the VM pair: /dev/kvm not accessible ({why})\n"),
+    }
+    channel_part(&args, settings)
+}
+
+/// One kv run: start the guest (protected or not), drive closed-loop load, stop.
+fn kv_run(
+    settings: &Settings,
+    protection: Protection,
+    ops: u64,
+) -> anyhow::Result<(LoadReport, PairOutcome)> {
+    let pair = LocalPair::start("kv", settings, protection).map_err(anyhow::Error::msg)?;
+    let mut cfg = LoadConfig::new(pair.service);
+    cfg.clients = 16;
+    cfg.ops = ops;
+    cfg.keys = 8;
+    cfg.timeout = Duration::from_millis(500);
+    let report = run_load(&cfg);
+    let out = pair.stop();
+    let report = report.context("client load")?;
+    if let Err(e) = &out.primary {
+        anyhow::bail!("primary: {e}");
+    }
+    Ok((report, out))
+}
+
+fn pair_part(args: &DemoArgs, settings: &Settings) -> anyhow::Result<()> {
+    println!(
+        "ftvm demo, part 1: the kv guest under KVM, 16 UDP clients on loopback ({} ops a run)",
+        args.ops
+    );
+    println!(
+        "  FT off: the guest alone. FT on: a backup VM replays the primary's log as it arrives,"
+    );
+    println!("  and every reply waits in the primary until the backup ACKed its log entry.\n");
+    println!(
+        "{:<16} {:>9} {:>10} {:>9} {:>9} {:>9} {:>12} {:>10}",
+        "run", "ops/s", "p50 us", "p99 us", "p99.9 us", "retries", "log Mbit/s", "digests"
+    );
+    let mut rows = Vec::new();
+    let (off, _) = kv_run(settings, Protection::Off, args.ops)?;
+    rows.push(("FT off".to_string(), off, None, String::from("-")));
+    for kind in [TransportKind::Tcp, TransportKind::Shm] {
+        let mut s = settings.clone();
+        s.channel.transport = kind;
+        let listen = match kind {
+            TransportKind::Shm => format!("demo-pair-{}", std::process::id()),
+            _ => "127.0.0.1:0".to_string(),
+        };
+        let (report, out) = kv_run(&s, Protection::on(&listen), args.ops)?;
+        let p = out.primary.map_err(anyhow::Error::msg)?;
+        let b = out
+            .backup
+            .context("protected run has a backup")?
+            .map_err(anyhow::Error::msg)
+            .context("backup replay")?;
+        let bytes = out.channel.map_or(0, |c| c.entry_bytes_sent);
+        let mbit = bytes as f64 * 8.0 / p.elapsed.as_secs_f64().max(1e-9) / 1e6;
+        let same = if b.state == p.state && b.exits == p.exits {
+            format!("equal {:016x} at exit {}", p.state.digest, p.exits)
+        } else {
+            anyhow::bail!(
+                "DIVERGED: primary {:016x} at exit {}, backup {:016x} at exit {}",
+                p.state.digest,
+                p.exits,
+                b.state.digest,
+                b.exits
+            );
+        };
+        rows.push((format!("FT on ({})", kind.name()), report, Some(mbit), same));
+    }
+    for (name, r, mbit, same) in &rows {
+        println!(
+            "{:<16} {:>9.0} {:>10.1} {:>9.1} {:>9.1} {:>9} {:>12} {}",
+            name,
+            r.ops_per_sec(),
+            r.latency_us(0.5),
+            r.latency_us(0.99),
+            r.latency_us(0.999),
+            r.retries,
+            mbit.map_or("-".to_string(), |m| format!("{m:.2}")),
+            same
+        );
+    }
+    println!();
+    Ok(())
+}
+
+fn channel_part(args: &DemoArgs, settings: &Settings) -> anyhow::Result<()> {
+    println!(
+        "ftvm demo, part 2: the logging channel alone, primary end -> backup end, on this machine"
+    );
     println!(
         "settings: batch_bytes {}, max_delay_us {}, ack_every {}, idle {}",
         settings.channel.batch_bytes,
@@ -83,7 +186,8 @@ pub fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<()> {
             ..paced.clone()
         };
         for (label, opts) in [("paced", &paced), ("flat", &flat)] {
-            let r = one_run(&s, opts).with_context(|| format!("{} {label} run", kind.name()))?;
+            let r =
+                channel_run(&s, opts).with_context(|| format!("{} {label} run", kind.name()))?;
             let secs = r.elapsed.as_secs_f64().max(1e-9);
             let us = |q: f64| r.latency_ns.value_at_quantile(q) as f64 / 1e3;
             println!(

@@ -9,6 +9,7 @@ mod bench_vmm;
 mod channel_cmd;
 mod client_cmd;
 mod demo;
+mod ft_cmd;
 mod log_cmd;
 mod vmm_cmd;
 
@@ -45,6 +46,10 @@ enum Command {
     Bench(bench_cmd::BenchCommand),
     /// Client of the kv reference guest.
     Client(client_cmd::ClientArgs),
+    /// Run the backup VMM: wait for a primary and replay its log as it arrives.
+    Backup(ft_cmd::BackupArgs),
+    /// Print the status of a primary or backup started with `--status ADDR`.
+    Status(ft_cmd::StatusArgs),
     #[command(flatten)]
     Vmm(vmm_cmd::VmmCommand),
 }
@@ -59,6 +64,10 @@ fn main() -> std::process::ExitCode {
             Command::Log(c) => log_cmd::run(c, &settings),
             Command::Bench(c) => bench_cmd::run(c, &settings),
             Command::Client(a) => client_cmd::run(a, &settings),
+            Command::Backup(a) => ft_cmd::run_backup(a, &settings).map(|o| {
+                println!("state digest {:016x} at exit {}", o.state.digest, o.exits);
+            }),
+            Command::Status(a) => ft_cmd::status(a),
             Command::Vmm(c) => vmm_cmd::run(c, &settings),
         });
     match result {
