@@ -103,6 +103,11 @@ pub fn run_primary(
         eprintln!("ftvm primary: status on {local}");
     }
     c.gate = Box::new(gate);
+    if let Some(addr) = c.service.take() {
+        let nic = ftvm_vmm::devices::net::Nic::new(addr)
+            .with_context(|| format!("binding the service address {addr}"))?;
+        c.devices.push(Box::new(nic));
+    }
     let run = Vm::new(c, RunMode::Record(Box::new(sink))).and_then(|mut vm| vm.run());
     let outcome = match run {
         Ok(o) => o,

@@ -1,14 +1,164 @@
-//! `ftvm primary`, `ftvm replay` (owned by the VMM work).
+//! `ftvm primary`, `ftvm replay`: run a guest recording its log, or replay a
+//! log offline and verify every checkpoint. Both end with the line
+//! `state digest <hex> at exit <n>`.
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
 use ftvm_tuning::Settings;
+use ftvm_vmm::{LogFileReader, LogFileWriter, RunMode, RunOutcome, StopReason, Vm, VmConfig};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum VmmCommand {
-    /// Run a guest in record mode (in progress).
-    Primary,
+    /// Run a guest as the primary: record mode with --record-log (outputs
+    /// released at once: no backup yet), live mode without. Stops when the
+    /// guest exits or on SIGINT/SIGTERM (at the next exit, with a final
+    /// checkpoint).
+    Primary(PrimaryArgs),
+    /// Replay a recorded log offline, verifying every checkpoint.
+    Replay(ReplayArgs),
 }
 
-pub fn run(cmd: VmmCommand, _settings: &Settings) -> anyhow::Result<()> {
+#[derive(Debug, clap::Args)]
+pub struct PrimaryArgs {
+    /// Embedded guest to run (hello, ticker, kv, echo).
+    #[arg(long)]
+    guest: String,
+    /// UDP address the guest's NIC serves on.
+    #[arg(long)]
+    service: Option<SocketAddr>,
+    /// Record the log into FILE (record mode); without it, live mode.
+    #[arg(long, value_name = "FILE")]
+    record_log: Option<PathBuf>,
+    /// Backing file of the guest's block device.
+    #[arg(long, value_name = "FILE")]
+    disk: Option<PathBuf>,
+    /// Argument passed to the guest in its boot info (replay needs the same).
+    #[arg(long, default_value_t = 0)]
+    arg: u64,
+    /// Stop after this many exits.
+    #[arg(long)]
+    max_exits: Option<u64>,
+    /// Protect the guest with the backup listening at ADDR (`ftvm backup`):
+    /// record into the logging channel; every output waits for its ACK.
+    #[arg(long, value_name = "ADDR", conflicts_with = "record_log")]
+    backup: Option<String>,
+    /// Channel transport to the backup: tcp, shm or uring (default: channel.transport).
+    #[arg(long, requires = "backup")]
+    transport: Option<String>,
+    /// Serve status (JSON) on this TCP address (`ftvm status ADDR`).
+    #[arg(long, requires = "backup")]
+    status: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Embedded guest the log was recorded with.
+    #[arg(long)]
+    guest: String,
+    /// The log file written by `ftvm primary --record-log`.
+    #[arg(long, value_name = "FILE")]
+    log: PathBuf,
+    /// Guest argument the primary ran with.
+    #[arg(long, default_value_t = 0)]
+    arg: u64,
+}
+
+pub fn run(cmd: VmmCommand, settings: &Settings) -> anyhow::Result<()> {
     match cmd {
-        VmmCommand::Primary => anyhow::bail!("ftvm primary is not built yet"),
+        VmmCommand::Primary(a) => primary(a, settings),
+        VmmCommand::Replay(a) => replay(a, settings),
+    }
+}
+
+fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .with_context(|| format!("installing the handler of signal {sig}"))?;
+    }
+    Ok(stop)
+}
+
+fn primary(a: PrimaryArgs, settings: &Settings) -> anyhow::Result<()> {
+    let mut c = VmConfig::new(&a.guest, &settings.vmm)?;
+    c.guest_arg = a.arg;
+    c.service = a.service;
+    c.disk = a.disk;
+    c.max_exits = a.max_exits;
+    c.stop = stop_on_signals()?;
+    if let Some(backup) = &a.backup {
+        let outcome = crate::ft_cmd::run_primary(
+            c,
+            settings,
+            backup,
+            a.transport.as_deref(),
+            a.status.as_deref(),
+        )?;
+        report(&outcome);
+        return finish(outcome);
+    }
+    let mode = match &a.record_log {
+        Some(path) => RunMode::Record(Box::new(LogFileWriter::create(path)?)),
+        None => RunMode::Live,
+    };
+    let outcome = Vm::new(c, mode)?.run()?;
+    report(&outcome);
+    if let Some(path) = &a.record_log {
+        let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        eprintln!(
+            "log {}: {} entries, {bytes} bytes",
+            path.display(),
+            outcome.stats.entries
+        );
+    }
+    finish(outcome)
+}
+
+fn replay(a: ReplayArgs, settings: &Settings) -> anyhow::Result<()> {
+    let mut c = VmConfig::new(&a.guest, &settings.vmm)?;
+    c.guest_arg = a.arg;
+    c.stop = stop_on_signals()?;
+    let source = LogFileReader::open(&a.log)?;
+    let outcome = Vm::new(c, RunMode::Replay(Box::new(source)))?.run()?;
+    report(&outcome);
+    if outcome.reason == StopReason::LogEnded {
+        eprintln!("note: the log ended without the primary's final checkpoint");
+    }
+    finish(outcome)
+}
+
+fn report(o: &RunOutcome) {
+    let secs = o.elapsed.as_secs_f64();
+    eprintln!(
+        "stopped: {:?} after {} exits in {:.3} s ({:.0} exits/s), {} entries ({} payload bytes), {} checkpoints, {} interrupts, {} outputs",
+        o.reason,
+        o.exits,
+        secs,
+        o.exits as f64 / secs.max(1e-9),
+        o.stats.entries,
+        o.stats.payload_bytes,
+        o.checkpoints,
+        o.interrupts,
+        o.stats.outputs,
+    );
+    // A closed stdout (e.g. piped into `head`) must not turn into a panic.
+    let _ = writeln!(
+        std::io::stdout(),
+        "state digest {:016x} at exit {}",
+        o.state.digest,
+        o.exits
+    );
+}
+
+fn finish(o: RunOutcome) -> anyhow::Result<()> {
+    match o.reason {
+        StopReason::GuestExit(code) if code != 0 => {
+            anyhow::bail!("the guest exited with code {code}")
+        }
+        _ => Ok(()),
     }
 }

@@ -1,0 +1,428 @@
+//! `ftvm bench e2e`: the whole system, unprotected against FT, in one run on
+//! one machine: kv throughput and latency, the latency FT adds beside the
+//! channel's round-trip floor, logging bandwidth, and an echo-guest network
+//! test in the style of the VMware FT paper's network table.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ftvm_bench::{ChannelOptions, Latency, Machine, Report, Row, percentile_svg};
+use ftvm_ft::local::{LocalPair, PairOutcome, Protection};
+use ftvm_kvproto::load::{LoadConfig, LoadReport, run_load};
+use ftvm_tuning::{Settings, TransportKind};
+
+#[derive(Debug, clap::Args)]
+pub struct BenchE2eArgs {
+    /// tcp, shm, uring or all.
+    #[arg(long, default_value = "all")]
+    pub transport: String,
+    /// kv operations per run.
+    #[arg(long, default_value_t = 20_000)]
+    pub ops: u64,
+    /// kv client ids (closed loop, one outstanding request each).
+    #[arg(long, default_value_t = 16)]
+    pub clients: u32,
+    /// Echo packets per run.
+    #[arg(long, default_value_t = 20_000)]
+    pub echo_packets: u64,
+    /// Echo packet payload bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub echo_bytes: usize,
+    /// Echo packets in flight.
+    #[arg(long, default_value_t = 32)]
+    pub echo_window: usize,
+    /// JSON report.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Directory for HdrHistogram `.hgrm` files.
+    #[arg(long)]
+    pub hgrm: Option<PathBuf>,
+    /// SVG percentile plot.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+fn transports(name: &str) -> anyhow::Result<Vec<TransportKind>> {
+    Ok(match name {
+        "all" => vec![TransportKind::Tcp, TransportKind::Shm, TransportKind::Uring],
+        "tcp" => vec![TransportKind::Tcp],
+        "shm" => vec![TransportKind::Shm],
+        "uring" => vec![TransportKind::Uring],
+        other => bail!("--transport {other:?}: choose tcp, shm, uring or all"),
+    })
+}
+
+fn protection(kind: TransportKind, tag: &str) -> Protection {
+    match kind {
+        TransportKind::Shm => Protection::on(&format!("bench-{tag}-{}", std::process::id())),
+        _ => Protection::on("127.0.0.1:0"),
+    }
+}
+
+fn to_latency(r: &LoadReport) -> Latency {
+    let mut l = Latency::new();
+    for v in r.latency_ns.iter_recorded() {
+        for _ in 0..v.count_at_value() {
+            l.record_ns(v.value_iterated_to());
+        }
+    }
+    l
+}
+
+/// What one FT run adds up to.
+#[derive(Debug, serde::Serialize)]
+struct Summary {
+    test: &'static str,
+    transport: String,
+    ops_per_s: f64,
+    ratio_to_unprotected: Option<f64>,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    added_p50_us: Option<f64>,
+    channel_rtt_p50_us: Option<f64>,
+    added_p50_in_rtts: Option<f64>,
+    log_mbit_s: Option<f64>,
+    digests_equal: Option<bool>,
+    rx_pps: Option<f64>,
+    tx_pps: Option<f64>,
+    rx_mbit_s: Option<f64>,
+    tx_mbit_s: Option<f64>,
+    lost: Option<u64>,
+}
+
+/// Checks the pair ended cleanly in the same state; returns (log Mbit/s, equal).
+fn pair_result(out: PairOutcome) -> anyhow::Result<(Option<f64>, Option<bool>)> {
+    let p = out.primary.map_err(anyhow::Error::msg).context("primary")?;
+    let Some(b) = out.backup else {
+        return Ok((None, None));
+    };
+    let b = b.map_err(anyhow::Error::msg).context("backup replay")?;
+    let bytes = out.channel.map_or(0, |c| c.entry_bytes_sent);
+    let mbit = bytes as f64 * 8.0 / p.elapsed.as_secs_f64().max(1e-9) / 1e6;
+    let equal = b.state == p.state && b.exits == p.exits;
+    if !equal {
+        bail!(
+            "the backup diverged: primary {:016x} at exit {}, backup {:016x} at exit {}",
+            p.state.digest,
+            p.exits,
+            b.state.digest,
+            b.exits
+        );
+    }
+    Ok((Some(mbit), Some(equal)))
+}
+
+fn kv_run(
+    a: &BenchE2eArgs,
+    s: &Settings,
+    protection: Protection,
+) -> anyhow::Result<(LoadReport, PairOutcome)> {
+    let pair = LocalPair::start("kv", s, protection).map_err(anyhow::Error::msg)?;
+    let mut cfg = LoadConfig::new(pair.service);
+    cfg.clients = a.clients;
+    cfg.ops = a.ops;
+    cfg.keys = 8;
+    cfg.timeout = Duration::from_millis(500);
+    let report = run_load(&cfg);
+    let out = pair.stop();
+    let report = report.context("kv load")?;
+    if report.errors > 0 {
+        bail!(
+            "kv load: {} errors: {:?}",
+            report.errors,
+            report.first_errors
+        );
+    }
+    Ok((report, out))
+}
+
+/// Echo counters of one run.
+#[derive(Debug)]
+struct Echo {
+    sent: u64,
+    received: u64,
+    secs: f64,
+    latency: Latency,
+}
+
+/// Sends `n` packets of `bytes` with `window` in flight to an echo server;
+/// a packet not answered within 200 ms counts as lost and is replaced.
+fn echo_load(server: SocketAddr, n: u64, bytes: usize, window: usize) -> anyhow::Result<Echo> {
+    let sock = UdpSocket::bind("127.0.0.1:0")?;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut buf = vec![0u8; bytes.max(8)];
+    let mut rbuf = vec![0u8; 65536];
+    let mut sent_at: std::collections::HashMap<u64, Instant> = std::collections::HashMap::new();
+    let mut latency = Latency::new();
+    let (mut next, mut received) = (0u64, 0u64);
+    let start = Instant::now();
+    while received < n && start.elapsed() < Duration::from_secs(60) {
+        while sent_at.len() < window && received + (sent_at.len() as u64) < n {
+            buf[..8].copy_from_slice(&next.to_le_bytes());
+            sock.send_to(&buf, server)?;
+            sent_at.insert(next, Instant::now());
+            next += 1;
+        }
+        match sock.recv_from(&mut rbuf) {
+            Ok((len, _)) if len >= 8 => {
+                let id = u64::from_le_bytes(rbuf[..8].try_into().unwrap_or_default());
+                if let Some(t) = sent_at.remove(&id) {
+                    latency.record_ns(t.elapsed().as_nanos() as u64);
+                    received += 1;
+                }
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                // Everything in flight is presumed lost; refill the window.
+                sent_at.clear();
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Echo {
+        sent: next,
+        received,
+        secs: start.elapsed().as_secs_f64(),
+        latency,
+    })
+}
+
+fn echo_run(
+    a: &BenchE2eArgs,
+    s: &Settings,
+    protection: Protection,
+) -> anyhow::Result<(Echo, PairOutcome)> {
+    let pair = LocalPair::start("echo", s, protection).map_err(anyhow::Error::msg)?;
+    let r = echo_load(pair.service, a.echo_packets, a.echo_bytes, a.echo_window);
+    let out = pair.stop();
+    Ok((r?, out))
+}
+
+/// The ping-pong floor (p50, p99 µs) of a transport, measured now.
+fn floor(s: &Settings, kind: TransportKind) -> Option<(f64, f64)> {
+    let opts = ChannelOptions {
+        transports: vec![kind],
+        filter: Some("floor".into()),
+        entries: 5_000,
+        duration: Duration::from_secs(1),
+        payloads: vec![64],
+        rate: 10_000,
+        stream_bytes: 1 << 20,
+        output_every: 10,
+        report: None,
+        hgrm: None,
+        plot: None,
+        role: ftvm_bench::Role::Local,
+    };
+    let report = ftvm_bench::run(&opts, s).ok().flatten()?;
+    report
+        .results
+        .iter()
+        .find(|r| r.scenario == "floor")
+        .and_then(|r| Some((r.p50_us?, r.p99_us?)))
+}
+
+pub fn run(a: BenchE2eArgs, settings: &Settings) -> anyhow::Result<()> {
+    if let Err(why) = ftvm_vmm::kvm_available() {
+        bail!("ftvm bench e2e needs KVM: /dev/kvm not accessible ({why})");
+    }
+    let kinds = transports(&a.transport)?;
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    let mut summaries = Vec::new();
+    let mut skipped = Vec::new();
+
+    eprintln!("kv, unprotected ...");
+    let (base, _) = kv_run(&a, settings, Protection::Off)?;
+    let base_ops = base.ops_per_sec();
+    let base_p50 = base.latency_us(0.5);
+    rows.push(
+        Row::new("kv", "none", 0)
+            .with_latency(to_latency(&base))
+            .with_rate(base.ops, 0, base.elapsed.as_secs_f64()),
+    );
+    summaries.push(Summary {
+        test: "kv",
+        transport: "none".into(),
+        ops_per_s: base_ops,
+        ratio_to_unprotected: None,
+        p50_us: base_p50,
+        p99_us: base.latency_us(0.99),
+        p999_us: base.latency_us(0.999),
+        added_p50_us: None,
+        channel_rtt_p50_us: None,
+        added_p50_in_rtts: None,
+        log_mbit_s: None,
+        digests_equal: None,
+        rx_pps: None,
+        tx_pps: None,
+        rx_mbit_s: None,
+        tx_mbit_s: None,
+        lost: None,
+    });
+    eprintln!("echo, unprotected ...");
+    let (echo_base, _) = echo_run(&a, settings, Protection::Off)?;
+    let echo_row = |name: &str, tr: &str, e: &Echo| {
+        Row::new(name, tr, a.echo_bytes)
+            .with_latency(e.latency.clone())
+            .with_rate(e.received, a.echo_bytes, e.secs)
+    };
+    let echo_summary = |tr: String, e: &Echo, mbit: Option<f64>, eq: Option<bool>| Summary {
+        test: "echo",
+        transport: tr,
+        ops_per_s: e.received as f64 / e.secs.max(1e-9),
+        ratio_to_unprotected: None,
+        p50_us: e.latency.quantile_us(0.5),
+        p99_us: e.latency.quantile_us(0.99),
+        p999_us: e.latency.quantile_us(0.999),
+        added_p50_us: None,
+        channel_rtt_p50_us: None,
+        added_p50_in_rtts: None,
+        log_mbit_s: mbit,
+        digests_equal: eq,
+        rx_pps: Some(e.received as f64 / e.secs.max(1e-9)),
+        tx_pps: Some(e.received as f64 / e.secs.max(1e-9)),
+        rx_mbit_s: Some(e.received as f64 * a.echo_bytes as f64 * 8.0 / e.secs.max(1e-9) / 1e6),
+        tx_mbit_s: Some(e.received as f64 * a.echo_bytes as f64 * 8.0 / e.secs.max(1e-9) / 1e6),
+        lost: Some(e.sent - e.received),
+    };
+    rows.push(echo_row("echo", "none", &echo_base));
+    summaries.push(echo_summary("none".into(), &echo_base, None, None));
+    let echo_base_pps = echo_base.received as f64 / echo_base.secs.max(1e-9);
+
+    for kind in kinds {
+        let mut s = settings.clone();
+        s.channel.transport = kind;
+        let name = kind.name();
+        eprintln!("{name}: floor ...");
+        let fl = floor(&s, kind);
+        if fl.is_none() {
+            skipped.push(format!(
+                "{name}: the ping-pong floor could not run (see above)"
+            ));
+        }
+        eprintln!("{name}: kv with FT ...");
+        let (ft, out) = match kv_run(&a, &s, protection(kind, "kv")) {
+            Ok(r) => r,
+            Err(e) => {
+                skipped.push(format!("{name}: {e:#}"));
+                continue;
+            }
+        };
+        let (mbit, equal) = pair_result(out)?;
+        let p50 = ft.latency_us(0.5);
+        let added = p50 - base_p50;
+        rows.push(
+            Row::new("kv-ft", name, 0)
+                .with_latency(to_latency(&ft))
+                .with_floor(fl)
+                .with_rate(ft.ops, 0, ft.elapsed.as_secs_f64()),
+        );
+        summaries.push(Summary {
+            test: "kv",
+            transport: name.into(),
+            ops_per_s: ft.ops_per_sec(),
+            ratio_to_unprotected: Some(ft.ops_per_sec() / base_ops),
+            p50_us: p50,
+            p99_us: ft.latency_us(0.99),
+            p999_us: ft.latency_us(0.999),
+            added_p50_us: Some(added),
+            channel_rtt_p50_us: fl.map(|f| f.0),
+            added_p50_in_rtts: fl.map(|f| added / f.0),
+            log_mbit_s: mbit,
+            digests_equal: equal,
+            rx_pps: None,
+            tx_pps: None,
+            rx_mbit_s: None,
+            tx_mbit_s: None,
+            lost: None,
+        });
+        eprintln!("{name}: echo with FT ...");
+        let (e, out) = echo_run(&a, &s, protection(kind, "echo"))?;
+        let (mbit, equal) = pair_result(out)?;
+        rows.push(echo_row("echo-ft", name, &e));
+        let mut sum = echo_summary(name.into(), &e, mbit, equal);
+        sum.ratio_to_unprotected = Some(sum.ops_per_s / echo_base_pps);
+        summaries.push(sum);
+    }
+
+    println!(
+        "\n{:<6} {:<6} {:>10} {:>7} {:>9} {:>9} {:>9} {:>10} {:>8} {:>10} {:>9} {:>7}",
+        "test",
+        "trans",
+        "ops/s",
+        "ratio",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "added p50",
+        "RTT p50",
+        "log Mbit/s",
+        "Mbit/s",
+        "digests"
+    );
+    let f = |v: Option<f64>, d: usize| v.map_or("-".to_string(), |x| format!("{x:.d$}"));
+    for s in &summaries {
+        println!(
+            "{:<6} {:<6} {:>10.0} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>10} {:>8} {:>10} {:>9} {:>7}",
+            s.test,
+            s.transport,
+            s.ops_per_s,
+            f(s.ratio_to_unprotected, 3),
+            s.p50_us,
+            s.p99_us,
+            s.p999_us,
+            f(s.added_p50_us, 1),
+            f(s.channel_rtt_p50_us, 1),
+            f(s.log_mbit_s, 2),
+            f(s.rx_mbit_s, 1),
+            s.digests_equal
+                .map_or("-", |e| if e { "equal" } else { "DIFFER" }),
+        );
+    }
+    for s in &skipped {
+        println!("skipped: {s}");
+    }
+    println!("(ran {:.1} s)", started.elapsed().as_secs_f64());
+
+    if let Some(dir) = &a.hgrm {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for r in &rows {
+            if let Some(h) = &r.hist {
+                h.write_hgrm(&dir.join(format!("{}-{}.hgrm", r.scenario, r.transport)))?;
+            }
+        }
+    }
+    if let Some(p) = &a.plot {
+        percentile_svg(
+            &rows,
+            "ftvm bench e2e: client latency, unprotected vs FT",
+            p,
+        )?;
+    }
+    if let Some(path) = &a.report {
+        let report = Report {
+            machine: Machine::detect(),
+            settings: serde_json::to_value(settings)?,
+            options: serde_json::json!({
+                "transport": a.transport, "ops": a.ops, "clients": a.clients,
+                "echo_packets": a.echo_packets, "echo_bytes": a.echo_bytes, "echo_window": a.echo_window,
+            }),
+            results: rows,
+            skipped,
+        };
+        let mut v = serde_json::to_value(&report)?;
+        v["e2e"] = serde_json::to_value(&summaries)?;
+        std::fs::write(path, serde_json::to_string_pretty(&v)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
