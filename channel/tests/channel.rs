@@ -78,7 +78,7 @@ fn delivery_and_output_rule(kind: TransportKind) {
                     &payload_for(next, len)[..],
                     "payload of seq {next}"
                 );
-                assert_eq!(f.header.kind.is_output(), next % 7 == 0);
+                assert_eq!(f.header.kind.is_output(), next.is_multiple_of(7));
                 assert_eq!(f.header.exit_ordinal, next * 3);
                 next += 1;
             })?;
@@ -93,7 +93,7 @@ fn delivery_and_output_rule(kind: TransportKind) {
     let mut seq = 1u64;
     while seq <= N {
         let len = rng.random_range(0..300usize);
-        let kind = if seq % 7 == 0 {
+        let kind = if seq.is_multiple_of(7) {
             Kind::OpaqueOutput
         } else {
             Kind::Opaque
@@ -176,7 +176,7 @@ fn threaded_mode_delivers_in_order() {
         let (p, mut app) = Primary::establish(pt, &s, PARAMS).expect("primary handshake");
         let handle = p.spawn(&s);
         for seq in 1..=50_000u64 {
-            let kind = if seq % 1000 == 0 {
+            let kind = if seq.is_multiple_of(1000) {
                 Kind::OpaqueOutput
             } else {
                 Kind::Opaque

@@ -348,7 +348,7 @@ impl Transport for ShmTransport {
         let n = self.writer.write(bufs);
         if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
             self.empty_polls += 1;
-            if self.empty_polls % PEEK_EVERY == 0 {
+            if self.empty_polls.is_multiple_of(PEEK_EVERY) {
                 self.check_peer()?;
                 if let Some(e) = self.gone_error() {
                     return Err(e);
@@ -374,7 +374,7 @@ impl Transport for ShmTransport {
             };
         }
         self.empty_polls += 1;
-        if self.empty_polls % PEEK_EVERY == 0 {
+        if self.empty_polls.is_multiple_of(PEEK_EVERY) {
             self.check_peer()?;
         }
         Ok(0)

@@ -319,7 +319,7 @@ pub fn peek_frame_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
         return Ok(None);
     }
     let len = get_u32(buf, OFF_LEN) as usize;
-    if len < HEADER_LEN || len > MAX_FRAME_LEN || len % FRAME_ALIGN != 0 {
+    if !(HEADER_LEN..=MAX_FRAME_LEN).contains(&len) || !len.is_multiple_of(FRAME_ALIGN) {
         return Err(DecodeError::new(Reason::BadFrameLen { frame_len: len }));
     }
     Ok(Some(len))

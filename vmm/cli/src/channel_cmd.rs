@@ -334,7 +334,7 @@ pub fn run_source(
                 }
             }
         }
-        let kind = if opts.output_every > 0 && i % opts.output_every == 0 {
+        let kind = if opts.output_every > 0 && i.is_multiple_of(opts.output_every) {
             Kind::OpaqueOutput
         } else {
             Kind::Opaque

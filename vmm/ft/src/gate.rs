@@ -28,9 +28,12 @@ impl GateCounters {
     }
 }
 
+/// An output on its way to the gate: its OUTPUT entry's seq and its release.
+type Held = (u64, Release);
+
 /// The VM's side of the gate: hands each output to the channel thread.
 pub struct ChannelGate {
-    tx: Sender<(u64, Release)>,
+    tx: Sender<Held>,
     counters: Arc<GateCounters>,
 }
 
@@ -62,8 +65,7 @@ impl OutputGate for ChannelGate {
 /// channel thread runs after every poll round (for `Primary::spawn_with`),
 /// and the counters.
 pub fn gate_pair() -> (ChannelGate, AckHook, Arc<GateCounters>) {
-    let (tx, rx): (Sender<(u64, Release)>, Receiver<(u64, Release)>) =
-        crossbeam_channel::unbounded();
+    let (tx, rx): (Sender<Held>, Receiver<Held>) = crossbeam_channel::unbounded();
     let counters = Arc::new(GateCounters::default());
     let c = counters.clone();
     let mut gate: SeqGate<Release> = SeqGate::new();

@@ -15,6 +15,9 @@ use ftvm_vmm::{ConsoleTarget, LogSource, RunMode, RunOutcome, Vm, VmConfig};
 
 use crate::{BackupEnd, GateCounters, PrimaryEnd, SinkStats, accept_backup, connect_primary};
 
+/// Wraps the backup's replay source (tests throttle replay with it).
+pub type WrapSource = Box<dyn FnOnce(BackupEnd) -> Box<dyn LogSource> + Send>;
+
 /// How a [`LocalPair`] is protected.
 pub enum Protection {
     /// No backup: the primary runs live, outputs leave at once.
@@ -28,7 +31,7 @@ pub enum Protection {
         /// Maps the bound address to the one the primary dials.
         connect: Box<dyn FnOnce(&str) -> String + Send>,
         /// Wraps the replay source.
-        wrap: Option<Box<dyn FnOnce(BackupEnd) -> Box<dyn LogSource> + Send>>,
+        wrap: Option<WrapSource>,
     },
 }
 

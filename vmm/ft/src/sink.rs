@@ -95,7 +95,7 @@ impl ChannelSink {
     }
 
     fn lag_control(&mut self, seq: u64) {
-        if seq % SAMPLE_EVERY != 0 {
+        if !seq.is_multiple_of(SAMPLE_EVERY) {
             return;
         }
         let now = Instant::now();
