@@ -57,6 +57,7 @@ pub fn run_primary(
     backup: &str,
     transport_name: Option<&str>,
     status_addr: Option<&str>,
+    record_log: Option<&std::path::Path>,
 ) -> anyhow::Result<RunOutcome> {
     let s = with_transport(settings, transport_name)?;
     let PrimaryEnd {
@@ -108,7 +109,14 @@ pub fn run_primary(
             .with_context(|| format!("binding the service address {addr}"))?;
         c.devices.push(Box::new(nic));
     }
-    let run = Vm::new(c, RunMode::Record(Box::new(sink))).and_then(|mut vm| vm.run());
+    let sink: Box<dyn ftvm_vmm::LogSink> = match record_log {
+        Some(path) => Box::new(ftvm_ft::TeeSink::new(
+            sink,
+            ftvm_vmm::LogFileWriter::create(path)?,
+        )),
+        None => Box::new(sink),
+    };
+    let run = Vm::new(c, RunMode::Record(sink)).and_then(|mut vm| vm.run());
     let outcome = match run {
         Ok(o) => o,
         Err(e) => {

@@ -44,7 +44,7 @@ pub struct PrimaryArgs {
     max_exits: Option<u64>,
     /// Protect the guest with the backup listening at ADDR (`ftvm backup`):
     /// record into the logging channel; every output waits for its ACK.
-    #[arg(long, value_name = "ADDR", conflicts_with = "record_log")]
+    #[arg(long, value_name = "ADDR")]
     backup: Option<String>,
     /// Channel transport to the backup: tcp, shm or uring (default: channel.transport).
     #[arg(long, requires = "backup")]
@@ -97,6 +97,7 @@ fn primary(a: PrimaryArgs, settings: &Settings) -> anyhow::Result<()> {
             backup,
             a.transport.as_deref(),
             a.status.as_deref(),
+            a.record_log.as_deref(),
         )?;
         report(&outcome);
         return finish(outcome);

@@ -44,7 +44,7 @@ pub mod status;
 
 pub use gate::{ChannelGate, GateCounters, gate_pair};
 pub use pair::{BackupEnd, PairSetupError, PrimaryEnd, accept_backup, connect_primary};
-pub use sink::{ChannelSink, SinkStats};
+pub use sink::{ChannelSink, SinkStats, TeeSink};
 pub use source::{ChannelSource, SourceStats};
 
 /// Digest of a guest image, exchanged in the hello so that a backup never

@@ -172,3 +172,30 @@ impl LogSink for ChannelSink {
         Ok(())
     }
 }
+
+/// Records into two sinks: the channel, and a log file kept on the primary's
+/// host (`ftvm primary --backup ADDR --record-log FILE`).
+#[derive(Debug)]
+pub struct TeeSink<A, B> {
+    first: A,
+    second: B,
+}
+
+impl<A: LogSink, B: LogSink> TeeSink<A, B> {
+    /// Appends to `first`, then to `second`.
+    pub fn new(first: A, second: B) -> TeeSink<A, B> {
+        TeeSink { first, second }
+    }
+}
+
+impl<A: LogSink, B: LogSink> LogSink for TeeSink<A, B> {
+    fn append(&mut self, header: &Header, payload: &[u8]) -> Result<(), LogSinkError> {
+        self.first.append(header, payload)?;
+        self.second.append(header, payload)
+    }
+
+    fn flush(&mut self) -> Result<(), LogSinkError> {
+        self.first.flush()?;
+        self.second.flush()
+    }
+}
