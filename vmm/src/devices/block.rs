@@ -1,0 +1,646 @@
+//! The block device: a file-backed disk driven through a request ring in
+//! guest memory, several requests per exit.
+//!
+//! Contract: reads reach the guest only through `DiskRead` input entries
+//! that carry the data (so a backup replays them without the file), writes
+//! leave only as OUTPUT `DiskWrite` entries whose release writes the file
+//! (shared-disk semantics: only the primary writes). The disk's capacity
+//! reaches the guest through a logged INFO exchange, so request checks are
+//! deterministic. Normative layout: `docs/devices.md`.
+//!
+//! # Layout (guest-physical, second half of the device region)
+//!
+//! ```text
+//! BLK_CTRL  0x180_0000  u32 req_prod (guest)  u32 req_cons (VMM)
+//! BLK_RING  0x180_1000  64 requests x 32 bytes
+//! request:  0 u32 op (1 READ, 2 WRITE)   4 u32 status (VMM writes, see `status`)
+//!           8 u64 sector (512 bytes)     16 u64 buffer GPA
+//!           24 u32 len (multiple of 512, <= 64 KiB)   28 u32 reserved (0)
+//! info:     0 u64 capacity in sectors    8 u32 max request bytes  12 u32 sector size
+//! ```
+//!
+//! # The main flow
+//!
+//! 1. The guest writes the GPA of a 16-byte info buffer to port `0x49`
+//!    (INFO): the VMM answers the capacity through `ctx.input(PortIn)`.
+//! 2. The guest fills requests, advances `req_prod`, writes port `0x48`
+//!    (doorbell).
+//! 3. At that exit [`Block`] handles every request `req_cons..req_prod` in
+//!    order: a READ is one `ctx.input(DiskRead)` (record/live: `pread` from
+//!    the file; replay: the log) whose bytes are copied to the buffer; a
+//!    WRITE is one `ctx.output(DiskWrite)` whose release `pwrite`s the file;
+//!    until then the write is held in `HeldWrites` and patched over later
+//!    reads. Each request's status is written, then `req_cons = req_prod`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::ops::RangeInclusive;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use ftvm_wire::Kind;
+
+use crate::device::{Device, DeviceError, ExitCtx, out_u32};
+use crate::layout::DEV_REGION;
+
+/// Guest-visible constants of the block device.
+pub mod abi {
+    use crate::layout::DEV_REGION;
+
+    /// Doorbell: handles every pending request.
+    pub const PORT_DOORBELL: u16 = 0x48;
+    /// INFO: GPA of a 16-byte info buffer the VMM fills.
+    pub const PORT_INFO: u16 = 0x49;
+    /// Control block: `req_prod` (guest), `req_cons` (VMM).
+    pub const CTRL: u64 = DEV_REGION + 0x80_0000;
+    /// Offset of `req_prod`.
+    pub const REQ_PROD: u64 = 0;
+    /// Offset of `req_cons`.
+    pub const REQ_CONS: u64 = 4;
+    /// Request ring.
+    pub const RING: u64 = CTRL + 0x1000;
+    /// Requests in the ring (power of two).
+    pub const SLOTS: u32 = 64;
+    /// Bytes per request descriptor.
+    pub const DESC_SIZE: u64 = 32;
+    /// Sector size.
+    pub const SECTOR: u64 = 512;
+    /// Largest request in bytes.
+    pub const MAX_REQUEST: u32 = 64 * 1024;
+    /// Op: read.
+    pub const OP_READ: u32 = 1;
+    /// Op: write.
+    pub const OP_WRITE: u32 = 2;
+
+    /// Request status values (written by the VMM).
+    pub mod status {
+        /// Not handled yet.
+        pub const PENDING: u32 = 0;
+        /// Done.
+        pub const OK: u32 = 1;
+        /// Beyond the capacity.
+        pub const OUT_OF_RANGE: u32 = 2;
+        /// Unknown op, misaligned or oversized length, nonzero reserved.
+        pub const BAD_REQUEST: u32 = 3;
+        /// The host read failed.
+        pub const IO_ERROR: u32 = 4;
+        /// INFO was not called yet (capacity unknown).
+        pub const NOT_READY: u32 = 5;
+    }
+}
+
+use abi::*;
+
+const _: () = assert!(
+    RING + SLOTS as u64 * DESC_SIZE <= DEV_REGION + 0x100_0000,
+    "block ring fits the device region"
+);
+
+/// The block device could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockSetupError {
+    /// The disk file could not be opened or measured.
+    #[error("disk file {path}: {what}: {source}")]
+    File {
+        /// The `--disk` path.
+        path: PathBuf,
+        /// What failed.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Counters of a block device.
+#[derive(Debug, Default)]
+pub struct BlockStats {
+    /// Read requests completed.
+    pub reads: AtomicU64,
+    /// Write requests completed.
+    pub writes: AtomicU64,
+    /// Bytes read.
+    pub read_bytes: AtomicU64,
+    /// Bytes written.
+    pub write_bytes: AtomicU64,
+    /// Writes whose release failed on the host.
+    pub write_errors: AtomicU64,
+    /// Doorbell exits.
+    pub doorbells: AtomicU64,
+}
+
+impl BlockStats {
+    /// A counter's value (Relaxed: statistics only).
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    fn add(c: &AtomicU64, n: u64) {
+        // Relaxed: statistics only, no data rides on them.
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Writes handed to the output gate but not yet in the file, per sector.
+///
+/// With a gate that defers releases (the output rule: a write leaves only
+/// once the backup has its entry), a READ of a sector whose WRITE is still
+/// held must see the written data, as a disk would. Reads patch what the
+/// file returns with the held sectors; a release writes the file first and
+/// then drops its sectors unless a newer write holds them.
+#[derive(Debug, Default)]
+struct HeldWrites {
+    next_generation: u64,
+    sectors: BTreeMap<u64, (u64, Box<[u8]>)>,
+}
+
+impl HeldWrites {
+    /// Holds `data` (whole sectors) from `sector` on; returns its generation.
+    fn hold(&mut self, sector: u64, data: &[u8]) -> u64 {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        for (i, chunk) in data.chunks(SECTOR as usize).enumerate() {
+            self.sectors
+                .insert(sector + i as u64, (generation, chunk.into()));
+        }
+        generation
+    }
+
+    /// The write of `generation` is in the file: forget its sectors.
+    fn released(&mut self, sector: u64, count: u64, generation: u64) {
+        for s in sector..sector + count {
+            if self.sectors.get(&s).is_some_and(|(g, _)| *g == generation) {
+                self.sectors.remove(&s);
+            }
+        }
+    }
+
+    /// Overlays held sectors on `out`, the bytes read from `sector` on.
+    fn patch(&self, sector: u64, out: &mut [u8]) {
+        let count = (out.len() as u64).div_ceil(SECTOR);
+        for (s, (_, data)) in self.sectors.range(sector..sector + count) {
+            let at = ((s - sector) * SECTOR) as usize;
+            out[at..at + data.len()].copy_from_slice(data);
+        }
+    }
+}
+
+fn lock_held(held: &Mutex<HeldWrites>) -> std::sync::MutexGuard<'_, HeldWrites> {
+    // A panic while holding the lock cannot leave the map half-updated in a
+    // way that matters more than losing the process: take it anyway.
+    held.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The block device (ports `0x48..=0x49`).
+#[derive(Debug)]
+pub struct Block {
+    /// `None` for a replay-only device (reads and INFO come from the log).
+    file: Option<Arc<File>>,
+    /// Writes not yet released (only with a file: a replaying device never
+    /// releases, and its reads come from the log).
+    held: Option<Arc<Mutex<HeldWrites>>>,
+    /// Host capacity in sectors (record/live).
+    host_sectors: u64,
+    /// Capacity the guest learned through INFO (same in every mode).
+    sectors: Option<u64>,
+    stats: Arc<BlockStats>,
+}
+
+impl Block {
+    /// Opens `path` read-write; the capacity is its length rounded down to
+    /// whole sectors.
+    pub fn open(path: &Path) -> Result<Block, BlockSetupError> {
+        let err = |what| {
+            move |source| BlockSetupError::File {
+                path: path.to_path_buf(),
+                what,
+                source,
+            }
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(err("open read-write"))?;
+        let len = file.metadata().map_err(err("stat"))?.len();
+        Ok(Block {
+            file: Some(Arc::new(file)),
+            held: Some(Arc::default()),
+            host_sectors: len / SECTOR,
+            sectors: None,
+            stats: Arc::new(BlockStats::default()),
+        })
+    }
+
+    /// A device without a file, for replay: INFO answers and read data come
+    /// from the log, writes are checked and dropped. Asked for host data (a
+    /// live or record run), it fails with an error.
+    pub fn detached() -> Block {
+        Block {
+            file: None,
+            held: None,
+            host_sectors: 0,
+            sectors: None,
+            stats: Arc::new(BlockStats::default()),
+        }
+    }
+
+    /// The device's counters.
+    pub fn stats(&self) -> Arc<BlockStats> {
+        Arc::clone(&self.stats)
+    }
+
+    fn no_file(what: &str) -> DeviceError {
+        DeviceError::Host {
+            what: format!("block device {what}"),
+            source: std::io::Error::other("no disk file (replay-only device)"),
+        }
+    }
+
+    fn info(&mut self, ctx: &mut ExitCtx<'_>, port: u16, gpa: u64) -> Result<(), DeviceError> {
+        let file = self.file.is_some();
+        let host_sectors = self.host_sectors;
+        let bytes = ctx.input(Kind::PortIn, port, |buf| {
+            if !file {
+                return Err(Block::no_file("INFO"));
+            }
+            buf.extend_from_slice(&host_sectors.to_le_bytes());
+            Ok(())
+        })?;
+        let sectors = <[u8; 8]>::try_from(bytes.as_slice())
+            .map(u64::from_le_bytes)
+            .map_err(|_| DeviceError::BadRequest {
+                port,
+                detail: format!("INFO input of {} bytes, expected 8", bytes.len()),
+            })?;
+        self.sectors = Some(sectors);
+        let mut info = [0u8; 16];
+        info[0..8].copy_from_slice(&sectors.to_le_bytes());
+        info[8..12].copy_from_slice(&MAX_REQUEST.to_le_bytes());
+        info[12..16].copy_from_slice(&(SECTOR as u32).to_le_bytes());
+        ctx.mem().write(gpa, &info)?;
+        Ok(())
+    }
+
+    /// Step 3: every pending request, in ring order.
+    fn doorbell(&mut self, ctx: &mut ExitCtx<'_>, port: u16) -> Result<(), DeviceError> {
+        let mem = ctx.mem();
+        let prod = mem.read_u32(CTRL + REQ_PROD)?;
+        let cons = mem.read_u32(CTRL + REQ_CONS)?;
+        let pending = prod.wrapping_sub(cons);
+        if pending > SLOTS {
+            return Err(DeviceError::BadRequest {
+                port,
+                detail: format!(
+                    "block ring: req_prod {prod} is {pending} requests ahead of req_cons {cons}, ring has {SLOTS}"
+                ),
+            });
+        }
+        for i in 0..pending {
+            let desc = RING + u64::from(cons.wrapping_add(i) % SLOTS) * DESC_SIZE;
+            let status = self.request(ctx, port, desc)?;
+            mem.write_u32(desc + 4, status)?;
+        }
+        if pending > 0 {
+            mem.write_u32(CTRL + REQ_CONS, prod)?;
+        }
+        Ok(())
+    }
+
+    /// One request; returns its status.
+    fn request(&mut self, ctx: &mut ExitCtx<'_>, port: u16, desc: u64) -> Result<u32, DeviceError> {
+        let mem = ctx.mem();
+        let op = mem.read_u32(desc)?;
+        let sector = mem.read_u64(desc + 8)?;
+        let buf = mem.read_u64(desc + 16)?;
+        let len = mem.read_u32(desc + 24)?;
+        let reserved = mem.read_u32(desc + 28)?;
+        if !(op == OP_READ || op == OP_WRITE)
+            || len == 0
+            || len > MAX_REQUEST
+            || !u64::from(len).is_multiple_of(SECTOR)
+            || reserved != 0
+        {
+            return Ok(status::BAD_REQUEST);
+        }
+        let Some(capacity) = self.sectors else {
+            return Ok(status::NOT_READY);
+        };
+        let count = u64::from(len) / SECTOR;
+        if sector.checked_add(count).is_none_or(|end| end > capacity) {
+            return Ok(status::OUT_OF_RANGE);
+        }
+        let offset = sector * SECTOR;
+        let len = len as usize;
+        if op == OP_READ {
+            let file = self.file.clone();
+            let held = self.held.clone();
+            let data = ctx.input(Kind::DiskRead, port, |out| {
+                let (Some(file), Some(held)) = (file, held) else {
+                    return Err(Block::no_file("read"));
+                };
+                // Held across the read: a release cannot drop a sector
+                // between our `pread` and the patch.
+                let held = lock_held(&held);
+                out.extend_from_slice(&status::OK.to_le_bytes());
+                out.extend_from_slice(&[0; 4]);
+                out.resize(8 + len, 0);
+                // A short file reads as zeros; a failing read is reported
+                // to the guest as IO_ERROR (and logged, so replay agrees).
+                let mut done = 0;
+                while done < len {
+                    match file.read_at(&mut out[8 + done..], offset + done as u64) {
+                        Ok(0) => break,
+                        Ok(n) => done += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            out.truncate(8);
+                            out[0..4].copy_from_slice(&status::IO_ERROR.to_le_bytes());
+                            return Ok(());
+                        }
+                    }
+                }
+                held.patch(sector, &mut out[8..]);
+                Ok(())
+            })?;
+            let st = data
+                .get(0..4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            return match st {
+                Some(status::OK) if data.len() == 8 + len => {
+                    mem.write(buf, &data[8..])?;
+                    BlockStats::add(&self.stats.reads, 1);
+                    BlockStats::add(&self.stats.read_bytes, len as u64);
+                    Ok(status::OK)
+                }
+                Some(status::IO_ERROR) if data.len() == 8 => Ok(status::IO_ERROR),
+                _ => Err(DeviceError::BadRequest {
+                    port,
+                    detail: format!(
+                        "DiskRead input of {} bytes (status {st:?}) for a {len}-byte read of sector {sector}",
+                        data.len()
+                    ),
+                }),
+            };
+        }
+        let data: Arc<[u8]> = mem.read_vec(buf, len)?.into();
+        let file = self.file.clone();
+        let stats = Arc::clone(&self.stats);
+        let held = self.held.clone();
+        let generation = held.as_ref().map(|h| lock_held(h).hold(sector, &data));
+        let bytes = Arc::clone(&data);
+        ctx.output(Kind::DiskWrite, port, &data, move || {
+            let ok = file.is_some_and(|f| f.write_all_at(&bytes, offset).is_ok());
+            if !ok {
+                BlockStats::add(&stats.write_errors, 1);
+            }
+            if let (Some(held), Some(generation)) = (held, generation) {
+                lock_held(&held).released(sector, count, generation);
+            }
+        })?;
+        BlockStats::add(&self.stats.writes, 1);
+        BlockStats::add(&self.stats.write_bytes, len as u64);
+        Ok(status::OK)
+    }
+}
+
+impl Device for Block {
+    fn name(&self) -> &'static str {
+        "block"
+    }
+
+    fn ports(&self) -> RangeInclusive<u16> {
+        PORT_DOORBELL..=PORT_INFO
+    }
+
+    fn io_out(&mut self, ctx: &mut ExitCtx<'_>, port: u16, data: &[u8]) -> Result<(), DeviceError> {
+        let value = out_u32(port, data)?;
+        match port {
+            PORT_INFO => self.info(ctx, port, u64::from(value)),
+            _ => {
+                BlockStats::add(&self.stats.doorbells, 1);
+                self.doorbell(ctx, port)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Device-level tests without KVM: the block device driven through real
+    //! exit contexts over real guest memory, live and record → replay.
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::device::ExitRequests;
+    use crate::journal::Journal;
+    use crate::log::{LogFileReader, LogSink, LogSinkError, MemoryLog};
+    use crate::memory::GuestMemory;
+    use crate::output::ImmediateGate;
+
+    /// A memory log the test can read after the journal took the sink.
+    struct Shared(Arc<Mutex<MemoryLog>>);
+
+    impl LogSink for Shared {
+        fn append(&mut self, h: &ftvm_wire::Header, p: &[u8]) -> Result<(), LogSinkError> {
+            self.0.lock().unwrap().append(h, p)
+        }
+        fn flush(&mut self) -> Result<(), LogSinkError> {
+            Ok(())
+        }
+    }
+
+    fn exit(
+        mem: &GuestMemory,
+        journal: &mut Journal,
+        ordinal: u64,
+        dev: &mut Block,
+        port: u16,
+        value: u32,
+    ) -> Result<(), DeviceError> {
+        let mut requests = ExitRequests::default();
+        let mut ctx = ExitCtx {
+            mem,
+            journal,
+            ordinal,
+            requests: &mut requests,
+        };
+        dev.io_out(&mut ctx, port, &value.to_le_bytes())
+    }
+
+    /// Writes request `i` of the ring.
+    fn put(mem: &GuestMemory, i: u32, op: u32, sector: u64, buf: u64, len: u32) {
+        let d = RING + u64::from(i % SLOTS) * DESC_SIZE;
+        mem.write_u32(d, op).unwrap();
+        mem.write_u32(d + 4, 0).unwrap();
+        mem.write_u64(d + 8, sector).unwrap();
+        mem.write_u64(d + 16, buf).unwrap();
+        mem.write_u32(d + 24, len).unwrap();
+        mem.write_u32(d + 28, 0).unwrap();
+    }
+
+    fn status_of(mem: &GuestMemory, i: u32) -> u32 {
+        mem.read_u32(RING + u64::from(i % SLOTS) * DESC_SIZE + 4)
+            .unwrap()
+    }
+
+    const INFO_GPA: u64 = 0x60_0000;
+    const BUF: u64 = 0x61_0000;
+
+    /// INFO, then one batch: read 2 sectors, write 1, and four bad requests.
+    fn session(mem: &GuestMemory, journal: &mut Journal, dev: &mut Block) {
+        exit(mem, journal, 1, dev, PORT_INFO, INFO_GPA as u32).unwrap();
+        mem.write(BUF + 0x1000, &[0xab; 512]).unwrap();
+        put(mem, 0, OP_READ, 0, BUF, 1024);
+        put(mem, 1, OP_WRITE, 3, BUF + 0x1000, 512);
+        put(mem, 2, OP_READ, 0, BUF, 100); // not a multiple of 512
+        put(mem, 3, 7, 0, BUF, 512); // unknown op
+        put(mem, 4, OP_READ, 15, BUF, 1024); // past the end (16 sectors)
+        put(mem, 5, OP_READ, 0, BUF, 512);
+        mem.write_u32(RING + 5 * DESC_SIZE + 28, 1).unwrap(); // reserved != 0
+        mem.write_u32(CTRL + REQ_PROD, 6).unwrap();
+        exit(mem, journal, 2, dev, PORT_DOORBELL, 0).unwrap();
+    }
+
+    fn disk_file(dir: &Path) -> PathBuf {
+        let path = dir.join("disk.img");
+        let data: Vec<u8> = (0..16 * 512).map(|i| (i / 512) as u8 + 1).collect();
+        std::fs::write(&path, data).unwrap();
+        path
+    }
+
+    fn check_guest_view(mem: &GuestMemory) {
+        assert_eq!(mem.read_u64(INFO_GPA).unwrap(), 16);
+        assert_eq!(mem.read_u32(INFO_GPA + 8).unwrap(), MAX_REQUEST);
+        let got = mem.read_vec(BUF, 1024).unwrap();
+        assert!(got[..512].iter().all(|&b| b == 1) && got[512..].iter().all(|&b| b == 2));
+        let st: Vec<u32> = (0..6).map(|i| status_of(mem, i)).collect();
+        assert_eq!(
+            st,
+            [
+                status::OK,
+                status::OK,
+                status::BAD_REQUEST,
+                status::BAD_REQUEST,
+                status::OUT_OF_RANGE,
+                status::BAD_REQUEST
+            ]
+        );
+        assert_eq!(mem.read_u32(CTRL + REQ_CONS).unwrap(), 6);
+    }
+
+    #[test]
+    fn requests_complete_with_their_status_and_replay_without_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = disk_file(dir.path());
+        let log = Arc::new(Mutex::new(MemoryLog::new()));
+        let mem = GuestMemory::new(64 << 20).unwrap();
+        let mut journal = Journal::record(Box::new(Shared(log.clone())), Box::new(ImmediateGate));
+        let mut dev = Block::open(&path).unwrap();
+        session(&mem, &mut journal, &mut dev);
+        check_guest_view(&mem);
+        // The write reached the file (released at once by the gate).
+        let file = std::fs::read(&path).unwrap();
+        assert!(file[3 * 512..4 * 512].iter().all(|&b| b == 0xab));
+        assert_eq!(BlockStats::get(&dev.stats.reads), 1);
+        assert_eq!(BlockStats::get(&dev.stats.writes), 1);
+
+        // Replay on fresh memory with no file: the same guest view.
+        std::fs::remove_file(&path).unwrap();
+        let bytes = log.lock().unwrap().bytes.clone();
+        let source = LogFileReader::from_bytes(Path::new("mem"), &bytes).unwrap();
+        let mem2 = GuestMemory::new(64 << 20).unwrap();
+        let mut journal2 = Journal::replay(Box::new(source), Box::new(ImmediateGate));
+        let mut dev2 = Block::detached();
+        session(&mem2, &mut journal2, &mut dev2);
+        check_guest_view(&mem2);
+        assert!(!path.exists(), "replay must not write the disk");
+    }
+
+    #[test]
+    fn requests_before_info_are_not_ready_and_a_corrupt_ring_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = GuestMemory::new(64 << 20).unwrap();
+        let mut journal = Journal::live(Box::new(ImmediateGate));
+        let mut dev = Block::open(&disk_file(dir.path())).unwrap();
+        put(&mem, 0, OP_READ, 0, BUF, 512);
+        mem.write_u32(CTRL + REQ_PROD, 1).unwrap();
+        exit(&mem, &mut journal, 1, &mut dev, PORT_DOORBELL, 0).unwrap();
+        assert_eq!(status_of(&mem, 0), status::NOT_READY);
+        mem.write_u32(CTRL + REQ_PROD, 1 + SLOTS + 1).unwrap();
+        let e = exit(&mem, &mut journal, 2, &mut dev, PORT_DOORBELL, 0).unwrap_err();
+        assert!(e.to_string().contains("req_prod 66"), "{e}");
+        // A buffer outside guest memory is a memory error naming the GPA.
+        exit(&mem, &mut journal, 3, &mut dev, PORT_INFO, INFO_GPA as u32).unwrap();
+        mem.write_u32(CTRL + REQ_PROD, 1).unwrap();
+        mem.write_u32(CTRL + REQ_CONS, 0).unwrap();
+        put(&mem, 0, OP_WRITE, 0, 0xffff_0000_0000, 512);
+        let e = exit(&mem, &mut journal, 4, &mut dev, PORT_DOORBELL, 0).unwrap_err();
+        assert!(matches!(e, DeviceError::Memory(_)), "{e}");
+        // A missing file is a setup error naming the path.
+        let e = Block::open(&dir.path().join("nope.img"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope.img"), "{e}");
+    }
+
+    /// A gate that holds every release until the test runs them (what the
+    /// channel's OutputGate does until the backup ACKs).
+    struct Deferring(Arc<Mutex<Vec<crate::output::Release>>>);
+
+    impl crate::output::OutputGate for Deferring {
+        fn submit(&mut self, _seq: Option<u64>, _kind: Kind, release: crate::output::Release) {
+            self.0.lock().unwrap().push(release);
+        }
+    }
+
+    #[test]
+    fn a_read_sees_a_write_still_held_by_the_output_gate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = disk_file(dir.path());
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(MemoryLog::new()));
+        let mem = GuestMemory::new(64 << 20).unwrap();
+        let mut journal = Journal::record(
+            Box::new(Shared(log.clone())),
+            Box::new(Deferring(held.clone())),
+        );
+        let mut dev = Block::open(&path).unwrap();
+        exit(&mem, &mut journal, 1, &mut dev, PORT_INFO, INFO_GPA as u32).unwrap();
+        // Write sectors 4..6 (held), then sector 5 again (newer, held).
+        mem.write(BUF + 0x1000, &[0xaa; 1024]).unwrap();
+        mem.write(BUF + 0x2000, &[0xbb; 512]).unwrap();
+        put(&mem, 0, OP_WRITE, 4, BUF + 0x1000, 1024);
+        put(&mem, 1, OP_WRITE, 5, BUF + 0x2000, 512);
+        // Read sectors 3..7 in the same batch, after the writes.
+        put(&mem, 2, OP_READ, 3, BUF, 2048);
+        mem.write_u32(CTRL + REQ_PROD, 3).unwrap();
+        exit(&mem, &mut journal, 2, &mut dev, PORT_DOORBELL, 0).unwrap();
+        let got = mem.read_vec(BUF, 2048).unwrap();
+        assert!(got[..512].iter().all(|&b| b == 4), "sector 3 from the file");
+        assert!(got[512..1024].iter().all(|&b| b == 0xaa), "sector 4 held");
+        assert!(
+            got[1024..1536].iter().all(|&b| b == 0xbb),
+            "sector 5: newer write"
+        );
+        assert!(
+            got[1536..].iter().all(|&b| b == 7),
+            "sector 6 from the file"
+        );
+        // Nothing reached the file yet.
+        assert!(
+            std::fs::read(&path).unwrap()[4 * 512..6 * 512]
+                .iter()
+                .all(|&b| b == 5 || b == 6)
+        );
+        // Release in order: the file ends with both writes, nothing stays held.
+        for r in held.lock().unwrap().drain(..) {
+            r();
+        }
+        let file = std::fs::read(&path).unwrap();
+        assert!(file[4 * 512..5 * 512].iter().all(|&b| b == 0xaa));
+        assert!(file[5 * 512..6 * 512].iter().all(|&b| b == 0xbb));
+        assert!(lock_held(dev.held.as_ref().unwrap()).sectors.is_empty());
+    }
+}

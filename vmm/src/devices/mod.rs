@@ -1,0 +1,56 @@
+//! Device models. The core devices (console, clock, random, system ports)
+//! are always present; the NIC and the block device (vmm-net) are built from
+//! the VM configuration in [`extra_devices`].
+
+pub mod block;
+pub mod clock;
+pub mod console;
+pub mod net;
+pub mod random;
+pub mod system;
+
+use crate::device::Device;
+use crate::journal::Mode;
+use crate::vm::VmConfig;
+
+/// The devices every VM has.
+pub(crate) fn core_devices(config: &VmConfig) -> Vec<Box<dyn Device>> {
+    vec![
+        Box::new(console::Console::new(config.console.clone())),
+        Box::new(system::System),
+        Box::new(system::TimerWait),
+        Box::new(clock::Clock::new()),
+        Box::new(random::Random),
+    ]
+}
+
+/// The NIC and block device (vmm-net's `net.rs`, `block.rs`). Record and
+/// live: built from `VmConfig::service` and `VmConfig::disk` when given.
+/// Replay: always present and detached (no socket, no file: received
+/// packets and read data come from the log, outputs are checked and dropped).
+pub(crate) fn extra_devices(
+    config: &VmConfig,
+    mode: Mode,
+) -> Result<Vec<Box<dyn Device>>, crate::vm::VmError> {
+    let mut v: Vec<Box<dyn Device>> = Vec::new();
+    if mode == Mode::Replay {
+        v.push(Box::new(net::Nic::detached()));
+        v.push(Box::new(block::Block::detached()));
+        return Ok(v);
+    }
+    if let Some(addr) = config.service {
+        let nic = net::Nic::new(addr).map_err(|e| crate::vm::VmError::DeviceSetup {
+            device: "net",
+            detail: e.to_string(),
+        })?;
+        v.push(Box::new(nic));
+    }
+    if let Some(path) = &config.disk {
+        let disk = block::Block::open(path).map_err(|e| crate::vm::VmError::DeviceSetup {
+            device: "block",
+            detail: e.to_string(),
+        })?;
+        v.push(Box::new(disk));
+    }
+    Ok(v)
+}

@@ -1,0 +1,595 @@
+//! The record / replay / live engine underneath [`crate::device::ExitCtx`].
+//!
+//! Record appends entries with contiguous sequence numbers; replay keeps a
+//! one-entry lookahead of the primary's log and checks each entry against
+//! the exit it is at (kind, port, ordinal); live only releases outputs.
+
+use ftvm_wire::{Header, Kind};
+
+use crate::log::{LogEntry, LogSink, LogSinkError, LogSource, LogSourceError, SourcePoll};
+use crate::output::{OutputGate, Release};
+use crate::payload::{CheckpointRecord, INPUT_PREFIX_LEN, describe_entry, input_port};
+
+/// The execution mode of a VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// No log: inputs from the host, outputs released at once.
+    Live,
+    /// Primary: inputs from the host, logged; outputs through the gate.
+    Record,
+    /// Backup: inputs from the log; outputs checked against the log and dropped.
+    Replay,
+}
+
+/// The replayed execution differs from the recorded one.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Divergence {
+    /// The next log entry is not what this exit needs.
+    #[error("divergence at exit {ordinal}: expected {expected}, the log has {found}")]
+    Entry {
+        /// Exit ordinal.
+        ordinal: u64,
+        /// What the replaying exit needed.
+        expected: String,
+        /// The log entry found.
+        found: String,
+    },
+    /// The log ended where this exit needs an entry.
+    #[error("divergence at exit {ordinal}: expected {expected}, the log has ended")]
+    LogEnded {
+        /// Exit ordinal.
+        ordinal: u64,
+        /// What the replaying exit needed.
+        expected: String,
+    },
+    /// An output differs from the primary's.
+    #[error(
+        "divergence at exit {ordinal}: {kind} output on port {port:#x} is {len} bytes digest {digest:016x}, the primary's was {log_len} bytes digest {log_digest:016x}"
+    )]
+    Output {
+        /// Exit ordinal.
+        ordinal: u64,
+        /// Output kind.
+        kind: Kind,
+        /// Port.
+        port: u16,
+        /// Replayed length.
+        len: u32,
+        /// Replayed digest.
+        digest: u64,
+        /// Logged length.
+        log_len: u32,
+        /// Logged digest.
+        log_digest: u64,
+    },
+    /// Guest state differs at a checkpoint.
+    #[error("divergence at exit {ordinal}: state digest {replay}, the primary's was {primary}")]
+    Checkpoint {
+        /// Exit ordinal.
+        ordinal: u64,
+        /// The primary's digest.
+        primary: CheckpointRecord,
+        /// The replayer's digest.
+        replay: CheckpointRecord,
+    },
+    /// The log injects an interrupt where the replaying guest cannot take one.
+    #[error(
+        "divergence at exit {ordinal}: the log injects vector {vector:#x} but the guest cannot take an interrupt (IF {if_flag}, ready {ready})"
+    )]
+    InterruptBlocked {
+        /// Exit ordinal.
+        ordinal: u64,
+        /// Vector.
+        vector: u32,
+        /// Guest IF.
+        if_flag: bool,
+        /// KVM's ready_for_interrupt_injection.
+        ready: bool,
+    },
+}
+
+/// A log operation at an exit failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// Replay diverged.
+    #[error(transparent)]
+    Divergence(#[from] Divergence),
+    /// The sink failed.
+    #[error(transparent)]
+    Sink(#[from] LogSinkError),
+    /// The source failed.
+    #[error(transparent)]
+    Source(#[from] LogSourceError),
+    /// A stop was requested while replay waited for the next entry.
+    #[error("stop requested at exit {ordinal} while waiting for the primary's next log entry")]
+    StopRequested {
+        /// Exit ordinal (0: before the first exit).
+        ordinal: u64,
+    },
+    /// An entry of a kind the VMM never writes.
+    #[error("log entry seq {seq} at exit {ordinal} has kind {kind}, which is not a VMM entry")]
+    ForeignKind {
+        /// Sequence number.
+        seq: u64,
+        /// Exit ordinal.
+        ordinal: u64,
+        /// Kind.
+        kind: Kind,
+    },
+}
+
+/// Describes an entry for divergence messages.
+pub(crate) fn describe(e: &LogEntry) -> String {
+    format!(
+        "{} seq {} at exit {} ({})",
+        e.header.kind,
+        e.header.seq,
+        e.header.exit_ordinal,
+        describe_entry(e.header.kind, &e.payload)
+    )
+}
+
+enum Backend {
+    Live,
+    Record {
+        sink: Box<dyn LogSink>,
+        next_seq: u64,
+    },
+    Replay {
+        source: Box<dyn LogSource>,
+        ahead: Option<LogEntry>,
+        ended: bool,
+    },
+}
+
+/// Counters of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Entries appended (record) or consumed (replay).
+    pub entries: u64,
+    /// Payload bytes of those entries.
+    pub payload_bytes: u64,
+    /// Outputs produced.
+    pub outputs: u64,
+}
+
+/// The engine. One per VM.
+pub(crate) struct Journal {
+    backend: Backend,
+    /// The VM's stop flag: a replay waiting for entries gives up when set.
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Exit ordinal of the exit being handled (for messages).
+    pub(crate) ordinal: u64,
+    gate: Box<dyn OutputGate>,
+    pub(crate) stats: JournalStats,
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("mode", &self.mode())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl Journal {
+    pub(crate) fn live(gate: Box<dyn OutputGate>) -> Journal {
+        Journal::with(Backend::Live, gate)
+    }
+
+    pub(crate) fn record(sink: Box<dyn LogSink>, gate: Box<dyn OutputGate>) -> Journal {
+        Journal::with(Backend::Record { sink, next_seq: 1 }, gate)
+    }
+
+    pub(crate) fn replay(source: Box<dyn LogSource>, gate: Box<dyn OutputGate>) -> Journal {
+        Journal::with(
+            Backend::Replay {
+                source,
+                ahead: None,
+                ended: false,
+            },
+            gate,
+        )
+    }
+
+    /// The flag that interrupts a replay waiting for the log.
+    pub(crate) fn set_stop(&mut self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        self.stop = Some(stop);
+    }
+
+    /// Failover: the same engine continuing in live or record mode (keeps
+    /// the output gate and the counters). `sink = None` is live mode.
+    pub(crate) fn switch(&mut self, sink: Option<Box<dyn LogSink>>) {
+        self.backend = match sink {
+            None => Backend::Live,
+            Some(sink) => Backend::Record { sink, next_seq: 1 },
+        };
+    }
+
+    fn with(backend: Backend, gate: Box<dyn OutputGate>) -> Journal {
+        Journal {
+            backend,
+            stop: None,
+            ordinal: 0,
+            gate,
+            stats: JournalStats::default(),
+            scratch: Vec::with_capacity(4096),
+        }
+    }
+
+    pub(crate) fn mode(&self) -> Mode {
+        match self.backend {
+            Backend::Live => Mode::Live,
+            Backend::Record { .. } => Mode::Record,
+            Backend::Replay { .. } => Mode::Replay,
+        }
+    }
+
+    /// Record: appends an entry, returns its sequence number.
+    pub(crate) fn append(
+        &mut self,
+        kind: Kind,
+        ordinal: u64,
+        payload: &[u8],
+    ) -> Result<u64, LogError> {
+        let Backend::Record { sink, next_seq } = &mut self.backend else {
+            return Ok(0);
+        };
+        let seq = *next_seq;
+        sink.append(&Header::new(kind, seq, ordinal, payload.len()), payload)?;
+        *next_seq += 1;
+        self.stats.entries += 1;
+        self.stats.payload_bytes += payload.len() as u64;
+        Ok(seq)
+    }
+
+    /// Replay: the next entry, waiting while the source has none yet; `None`
+    /// once the log has ended.
+    pub(crate) fn peek(&mut self) -> Result<Option<&LogEntry>, LogError> {
+        let Backend::Replay {
+            source,
+            ahead,
+            ended,
+        } = &mut self.backend
+        else {
+            return Ok(None);
+        };
+        let mut spins = 0u32;
+        while ahead.is_none() && !*ended {
+            match source.poll_entry()? {
+                SourcePoll::Entry(e) => {
+                    if !crate::log::is_vmm_kind(e.header.kind) {
+                        return Err(LogError::ForeignKind {
+                            seq: e.header.seq,
+                            ordinal: e.header.exit_ordinal,
+                            kind: e.header.kind,
+                        });
+                    }
+                    *ahead = Some(e);
+                }
+                SourcePoll::Pending => {
+                    // Acquire: pairs with the Release store of the stop requester.
+                    if self
+                        .stop
+                        .as_ref()
+                        .is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire))
+                    {
+                        return Err(LogError::StopRequested {
+                            ordinal: self.ordinal,
+                        });
+                    }
+                    spins += 1;
+                    if spins < 1000 {
+                        std::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+                SourcePoll::End => *ended = true,
+            }
+        }
+        Ok(ahead.as_ref())
+    }
+
+    /// Replay: takes the entry `peek` returned.
+    pub(crate) fn take(&mut self) -> Option<LogEntry> {
+        let Backend::Replay { ahead, .. } = &mut self.backend else {
+            return None;
+        };
+        let e = ahead.take()?;
+        self.stats.entries += 1;
+        self.stats.payload_bytes += e.payload.len() as u64;
+        Some(e)
+    }
+
+    /// Replay: true if the next entry is `kind` (and `port`, for inputs) at
+    /// `ordinal`.
+    pub(crate) fn next_is(
+        &mut self,
+        kind: Kind,
+        port: Option<u16>,
+        ordinal: u64,
+    ) -> Result<bool, LogError> {
+        Ok(match self.peek()? {
+            Some(e) => {
+                e.header.kind == kind
+                    && e.header.exit_ordinal == ordinal
+                    && port.is_none_or(|p| {
+                        e.payload.len() >= INPUT_PREFIX_LEN && input_port(&e.payload) == Some(p)
+                    })
+            }
+            None => false,
+        })
+    }
+
+    /// Replay: takes the next entry, which must be `kind` (`port`) at `ordinal`.
+    pub(crate) fn expect(
+        &mut self,
+        kind: Kind,
+        port: Option<u16>,
+        ordinal: u64,
+        what: impl FnOnce() -> String,
+    ) -> Result<LogEntry, LogError> {
+        if self.next_is(kind, port, ordinal)? {
+            return Ok(self.take().expect("peeked entry"));
+        }
+        let expected = what();
+        Err(match self.peek()? {
+            Some(e) => Divergence::Entry {
+                ordinal,
+                expected,
+                found: describe(e),
+            },
+            None => Divergence::LogEnded { ordinal, expected },
+        }
+        .into())
+    }
+
+    /// Replay, at the end of an exit: no entry may remain for this exit.
+    pub(crate) fn finish_exit(&mut self, ordinal: u64) -> Result<(), LogError> {
+        if self.mode() != Mode::Replay {
+            return Ok(());
+        }
+        if let Some(e) = self.peek()?
+            && e.header.exit_ordinal <= ordinal
+        {
+            return Err(Divergence::Entry {
+                ordinal,
+                expected: format!("no further entry before exit {}", ordinal + 1),
+                found: describe(e),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Replay: true once the log has ended and every entry was consumed.
+    pub(crate) fn log_drained(&mut self) -> Result<bool, LogError> {
+        Ok(self.mode() == Mode::Replay && self.peek()?.is_none())
+    }
+
+    pub(crate) fn gate(&mut self, seq: Option<u64>, kind: Kind, release: Release) {
+        self.stats.outputs += 1;
+        self.gate.submit(seq, kind, release);
+    }
+
+    pub(crate) fn scratch(&mut self) -> Vec<u8> {
+        let mut v = std::mem::take(&mut self.scratch);
+        v.clear();
+        v
+    }
+
+    pub(crate) fn return_scratch(&mut self, v: Vec<u8>) {
+        self.scratch = v;
+    }
+
+    pub(crate) fn flush(&mut self) -> Result<(), LogError> {
+        if let Backend::Record { sink, .. } = &mut self.backend {
+            sink.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Record: sequence number the next entry will get.
+    pub(crate) fn next_seq(&self) -> u64 {
+        match &self.backend {
+            Backend::Record { next_seq, .. } => *next_seq,
+            _ => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::device::{DeviceError, ExitCtx, ExitRequests};
+    use crate::log::{LogFileReader, MemoryLog};
+    use crate::memory::GuestMemory;
+    use crate::output::ImmediateGate;
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<MemoryLog>>);
+
+    impl LogSink for Shared {
+        fn append(&mut self, h: &Header, p: &[u8]) -> Result<(), crate::log::LogSinkError> {
+            let mut g = self.0.lock().unwrap();
+            if g.bytes.is_empty() {
+                *g = MemoryLog::new();
+            }
+            g.append(h, p)
+        }
+        fn flush(&mut self) -> Result<(), crate::log::LogSinkError> {
+            Ok(())
+        }
+    }
+
+    fn ctx<'a>(
+        mem: &'a GuestMemory,
+        j: &'a mut Journal,
+        r: &'a mut ExitRequests,
+        ordinal: u64,
+    ) -> ExitCtx<'a> {
+        ExitCtx {
+            mem,
+            journal: j,
+            ordinal,
+            requests: r,
+        }
+    }
+
+    /// Exit 1: clock input; exit 2: console output; exit 3: a poll with
+    /// nothing; exit 4: a poll with a packet.
+    fn workload(
+        j: &mut Journal,
+        mem: &GuestMemory,
+        host: u64,
+    ) -> Result<Vec<Vec<u8>>, DeviceError> {
+        let mut r = ExitRequests::default();
+        let mut got = Vec::new();
+        got.push(ctx(mem, j, &mut r, 1).input(Kind::Clock, 0x20, |b| {
+            b.extend_from_slice(&host.to_le_bytes());
+            Ok(())
+        })?);
+        ctx(mem, j, &mut r, 2).output(Kind::Console, 0x10, b"hi\n", || {})?;
+        let none = ctx(mem, j, &mut r, 3).poll_input(Kind::PacketRx, 0x40, |_| Ok(false))?;
+        assert_eq!(none, None);
+        let some = ctx(mem, j, &mut r, 4).poll_input(Kind::PacketRx, 0x40, |b| {
+            b.extend_from_slice(b"pkt");
+            Ok(true)
+        })?;
+        got.push(some.unwrap_or_default());
+        for o in 1..=4 {
+            j.finish_exit(o)?;
+        }
+        Ok(got)
+    }
+
+    fn recorded() -> Vec<u8> {
+        let mem = GuestMemory::new(4 * 4096).unwrap();
+        let log = Shared::default();
+        let mut j = Journal::record(Box::new(log.clone()), Box::new(ImmediateGate));
+        workload(&mut j, &mem, 42).unwrap();
+        assert_eq!(j.next_seq(), 4);
+        log.0.lock().unwrap().bytes.clone()
+    }
+
+    fn replayer(bytes: &[u8]) -> Journal {
+        let src = LogFileReader::from_bytes(Path::new("mem"), bytes).unwrap();
+        Journal::replay(Box::new(src), Box::new(ImmediateGate))
+    }
+
+    #[test]
+    fn replay_returns_the_logged_values_without_asking_the_host() {
+        let bytes = recorded();
+        let mem = GuestMemory::new(4 * 4096).unwrap();
+        let mut j = replayer(&bytes);
+        let got = workload(&mut j, &mem, 7).unwrap();
+        assert_eq!(got, vec![42u64.to_le_bytes().to_vec(), b"pkt".to_vec()]);
+        assert_eq!(j.stats.entries, 3);
+        assert!(j.log_drained().unwrap());
+    }
+
+    #[test]
+    fn outputs_go_through_the_gate_and_are_checked_on_replay() {
+        let released = Arc::new(AtomicUsize::new(0));
+        let mem = GuestMemory::new(4 * 4096).unwrap();
+        let log = Shared::default();
+        let mut j = Journal::record(Box::new(log.clone()), Box::new(ImmediateGate));
+        let mut r = ExitRequests::default();
+        let n = Arc::clone(&released);
+        ctx(&mem, &mut j, &mut r, 5)
+            .output(Kind::NetTx, 0x41, b"abc", move || {
+                // Relaxed: a counter read after the join point of the test.
+                n.fetch_add(1, Ordering::Relaxed);
+            })
+            .unwrap();
+        assert_eq!(released.load(Ordering::Relaxed), 1);
+        let bytes = log.0.lock().unwrap().bytes.clone();
+
+        let mut j = replayer(&bytes);
+        let e = ctx(&mem, &mut j, &mut r, 5)
+            .output(Kind::NetTx, 0x41, b"abd", || {})
+            .unwrap_err();
+        match e {
+            DeviceError::Log(LogError::Divergence(Divergence::Output {
+                ordinal,
+                len,
+                log_len,
+                ..
+            })) => {
+                assert_eq!((ordinal, len, log_len), (5, 3, 3));
+            }
+            other => panic!("{other}"),
+        }
+        let mut j = replayer(&bytes);
+        ctx(&mem, &mut j, &mut r, 5)
+            .output(Kind::NetTx, 0x41, b"abc", || {
+                panic!("replay must not release")
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn mismatches_name_the_exit_and_both_sides() {
+        let bytes = recorded();
+        let mem = GuestMemory::new(4 * 4096).unwrap();
+        let mut r = ExitRequests::default();
+
+        // The replaying guest asks for random bytes where the log has a clock value.
+        let mut j = replayer(&bytes);
+        let e = ctx(&mem, &mut j, &mut r, 1)
+            .input(Kind::Random, 0x21, |_| Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "divergence at exit 1: expected random input on port 0x21, the log has clock seq 1 at exit 1 (port 0x20 42 ns)"
+        );
+
+        // The replaying guest skips exit 1's input: the entry is left over.
+        let mut j = replayer(&bytes);
+        let e = j.finish_exit(1).unwrap_err().to_string();
+        assert!(
+            e.starts_with("divergence at exit 1: expected no further entry"),
+            "{e}"
+        );
+
+        // The log ends where an input is needed.
+        let mut j = replayer(&crate::log::MemoryLog::new().bytes);
+        let e = ctx(&mem, &mut j, &mut r, 9)
+            .input(Kind::Clock, 0x20, |_| Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "divergence at exit 9: expected clock input on port 0x20, the log has ended"
+        );
+    }
+
+    struct NeverReady;
+
+    impl LogSource for NeverReady {
+        fn poll_entry(&mut self) -> Result<SourcePoll, crate::log::LogSourceError> {
+            Ok(SourcePoll::Pending)
+        }
+    }
+
+    #[test]
+    fn a_stop_request_ends_a_wait_for_the_log() {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let mut j = Journal::replay(Box::new(NeverReady), Box::new(ImmediateGate));
+        j.set_stop(stop);
+        j.ordinal = 12;
+        let e = j.peek().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "stop requested at exit 12 while waiting for the primary's next log entry"
+        );
+    }
+}
