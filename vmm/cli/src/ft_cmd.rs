@@ -104,11 +104,6 @@ pub fn run_primary(
         eprintln!("ftvm primary: status on {local}");
     }
     c.gate = Box::new(gate);
-    if let Some(addr) = c.service.take() {
-        let nic = ftvm_vmm::devices::net::Nic::new(addr)
-            .with_context(|| format!("binding the service address {addr}"))?;
-        c.devices.push(Box::new(nic));
-    }
     let sink: Box<dyn ftvm_vmm::LogSink> = match record_log {
         Some(path) => Box::new(ftvm_ft::TeeSink::new(
             sink,
@@ -156,9 +151,6 @@ pub fn run_backup(a: BackupArgs, settings: &Settings) -> anyhow::Result<RunOutco
     let s = with_transport(settings, a.transport.as_deref())?;
     let mut c = VmConfig::new(&a.guest, &s.vmm)?;
     c.guest_arg = a.arg;
-    // Replay: the NIC places the logged packets; it owns no socket.
-    c.devices
-        .push(Box::new(ftvm_vmm::devices::net::Nic::detached()));
     let mut listener = transport::listen(&s.channel, &a.listen)?;
     eprintln!(
         "ftvm backup: waiting for a primary on {} ({})",

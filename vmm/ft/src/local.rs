@@ -11,7 +11,7 @@ use std::time::Duration;
 use ftvm_channel::{PrimaryStats, transport};
 use ftvm_tuning::Settings;
 use ftvm_vmm::devices::net::Nic;
-use ftvm_vmm::{ConsoleTarget, LogSource, RunMode, RunOutcome, Vm, VmConfig};
+use ftvm_vmm::{ConsoleTarget, LogSource, RunMode, RunOutcome, Vm, VmConfig, error_chain};
 
 use crate::{BackupEnd, GateCounters, PrimaryEnd, SinkStats, accept_backup, connect_primary};
 
@@ -82,21 +82,6 @@ pub struct PairOutcome {
     pub backup: Option<Result<RunOutcome, String>>,
 }
 
-/// An error with its whole source chain, `a: b: c`.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let next = c.to_string();
-        if !s.contains(&next) {
-            s.push_str(": ");
-            s.push_str(&next);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 fn config(
     guest: &str,
     settings: &Settings,
@@ -134,20 +119,19 @@ impl LocalPair {
                 let bound = listener.local_addr();
                 let sb = settings.clone();
                 let bconsole = Arc::new(Mutex::new(Vec::new()));
-                let mut bc = config(guest, settings, &bconsole)?;
-                bc.devices.push(Box::new(Nic::detached()));
+                let bc = config(guest, settings, &bconsole)?;
                 backup = Some(std::thread::spawn(move || {
                     let image = bc.image.clone();
                     let end =
                         accept_backup(&sb, listener.as_mut(), &image, Duration::from_secs(10))
-                            .map_err(|e| chain(&e))?;
+                            .map_err(|e| error_chain(&e))?;
                     let source: Box<dyn LogSource> = match wrap {
                         Some(w) => w(end),
                         None => Box::new(end.source),
                     };
                     Vm::new(bc, RunMode::Replay(source))
                         .and_then(|mut vm| vm.run())
-                        .map_err(|e| chain(&e))
+                        .map_err(|e| error_chain(&e))
                 }));
                 let PrimaryEnd {
                     sink,
@@ -170,7 +154,7 @@ impl LocalPair {
                 (Ok(o), Some(h)) => {
                     let stats = h
                         .finish()
-                        .map_err(|e| format!("primary channel: {}", chain(&e)))?;
+                        .map_err(|e| format!("primary channel: {}", error_chain(&e)))?;
                     return Ok((o, Some(stats)));
                 }
                 (Ok(o), None) => o,
@@ -178,11 +162,11 @@ impl LocalPair {
                     let channel = h
                         .join()
                         .err()
-                        .map(|ce| format!("; channel: {}", chain(&ce)))
+                        .map(|ce| format!("; channel: {}", error_chain(&ce)))
                         .unwrap_or_default();
-                    return Err(format!("primary VM: {}{channel}", chain(&e)));
+                    return Err(format!("primary VM: {}{channel}", error_chain(&e)));
                 }
-                (Err(e), None) => return Err(format!("primary VM: {}", chain(&e))),
+                (Err(e), None) => return Err(format!("primary VM: {}", error_chain(&e))),
             };
             Ok((outcome, None))
         });

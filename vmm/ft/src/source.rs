@@ -59,13 +59,7 @@ fn owned(f: &Frame<'_>) -> LogEntry {
 }
 
 fn describe(e: &ChannelError) -> String {
-    let mut s = e.to_string();
-    let mut cur = std::error::Error::source(e);
-    while let Some(c) = cur {
-        s.push_str(&format!(": {c}"));
-        cur = c.source();
-    }
-    s
+    ftvm_vmm::error_chain(e)
 }
 
 impl ChannelSource {
