@@ -91,3 +91,23 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 pub fn kvm_available() -> Result<(), String> {
     vcpu::open_kvm().map(|_| ()).map_err(|e| e.to_string())
 }
+
+/// For tests that need KVM: true if it is usable; otherwise prints
+/// `SKIP <test>: /dev/kvm not accessible (...)` and returns false — or
+/// panics when the `FTVM_REQUIRE` list (comma-separated) names `kvm`, as CI
+/// sets it where KVM is known to exist.
+pub fn kvm_or_skip(test: &str) -> bool {
+    match kvm_available() {
+        Ok(()) => true,
+        Err(why) => {
+            let required = std::env::var("FTVM_REQUIRE")
+                .is_ok_and(|v| v.split(',').any(|r| r.trim() == "kvm"));
+            assert!(
+                !required,
+                "{test}: KVM required (FTVM_REQUIRE) but not accessible: {why}"
+            );
+            println!("SKIP {test}: /dev/kvm not accessible ({why})");
+            false
+        }
+    }
+}

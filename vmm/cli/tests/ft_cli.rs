@@ -8,25 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ftvm_kvproto::load::{LoadConfig, run_load};
+use ftvm_vmm::kvm_or_skip;
 
 fn ftvm() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ftvm"))
-}
-
-fn kvm_or_skip(test: &str) -> bool {
-    match ftvm_vmm::kvm_available() {
-        Ok(()) => true,
-        Err(why) => {
-            let required =
-                std::env::var("FTVM_REQUIRE").is_ok_and(|v| v.split(',').any(|r| r == "kvm"));
-            assert!(
-                !required,
-                "{test}: KVM required (FTVM_REQUIRE) but not accessible: {why}"
-            );
-            println!("SKIP {test}: /dev/kvm not accessible ({why})");
-            false
-        }
-    }
 }
 
 fn free_tcp() -> String {

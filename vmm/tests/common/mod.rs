@@ -3,24 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 
+pub use ftvm_vmm::kvm_or_skip;
 use ftvm_vmm::{ConsoleTarget, RunMode, RunOutcome, Vm, VmConfig, VmError};
-
-/// True if KVM is usable; otherwise prints the SKIP line (or panics when
-/// FTVM_REQUIRE contains "kvm").
-pub fn kvm_or_skip(test: &str) -> bool {
-    match ftvm_vmm::kvm_available() {
-        Ok(()) => true,
-        Err(why) => {
-            let required = std::env::var("FTVM_REQUIRE").is_ok_and(|v| v.contains("kvm"));
-            assert!(
-                !required,
-                "{test}: KVM required (FTVM_REQUIRE) but not accessible: {why}"
-            );
-            println!("SKIP {test}: /dev/kvm not accessible ({why})");
-            false
-        }
-    }
-}
 
 /// A config for `guest` with `arg`, console captured into the returned buffer.
 pub fn config(guest: &str, arg: u64) -> (VmConfig, Arc<Mutex<Vec<u8>>>) {
