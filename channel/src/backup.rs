@@ -161,7 +161,7 @@ impl Backup {
                 }
                 let n = match self.link.fill(now) {
                     Ok(n) => n,
-                    Err(TransportError::Closed) if self.peer_goodbye.is_some() => 0,
+                    Err(TransportError::Closed | TransportError::PeerLost(_)) if self.peer_goodbye.is_some() => 0,
                     Err(e) => {
                         if let Some(bad) = self.link.rx.truncated_at_close() {
                             return Err(ChannelError::Corrupt {
@@ -189,10 +189,15 @@ impl Backup {
                 time_ns: 0,
             }));
         }
-        work += self
-            .link
-            .flush_control(now)
-            .map_err(|e| self.transport_err("send acks", e))?;
+        match self.link.flush_control(now) {
+            Ok(n) => work += n,
+            // The primary said goodbye after our ACK covered its last entry,
+            // and may close before our own goodbye is out: an orderly end.
+            Err(TransportError::Closed | TransportError::PeerLost(_)) if self.goodbye_sent => {
+                self.ended = true;
+            }
+            Err(e) => return Err(self.transport_err("send acks", e)),
+        }
         if self.goodbye_sent && !self.link.control_pending() {
             self.ended = true;
         }

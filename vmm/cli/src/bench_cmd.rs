@@ -49,8 +49,11 @@ pub struct ChannelArgs {
     #[arg(long, default_value_t = 20_000)]
     pub rate: u64,
     /// throughput: stream at least this many MiB of frames (and --entries entries).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 1024)]
     pub stream_mib: u64,
+    /// Rounds: each scenario and its floor alternate this many times (samples split between rounds).
+    #[arg(long, default_value_t = 4)]
+    pub rounds: u32,
     /// mixed: plain entries before each OUTPUT entry.
     #[arg(long, default_value_t = 10)]
     pub output_every: u32,
@@ -103,6 +106,9 @@ fn channel(a: ChannelArgs, settings: &Settings) -> anyhow::Result<()> {
     if !(a.duration.is_finite() && a.duration > 0.0 && a.duration <= 3600.0) {
         bail!("--duration {}: expected 0 < seconds <= 3600", a.duration);
     }
+    if a.rounds == 0 || a.rounds > 1000 {
+        bail!("--rounds {}: expected 1..=1000", a.rounds);
+    }
     if a.entries == 0 {
         bail!("--entries 0: expected at least 1");
     }
@@ -120,7 +126,7 @@ fn channel(a: ChannelArgs, settings: &Settings) -> anyhow::Result<()> {
         plot: a.plot,
         role,
     };
-    ftvm_bench::run(&opts, settings).map(drop)
+    ftvm_bench::run_rounds(&opts, settings, a.rounds).map(drop)
 }
 
 pub fn run(cmd: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
