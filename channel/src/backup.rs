@@ -161,7 +161,11 @@ impl Backup {
                 }
                 let n = match self.link.fill(now) {
                     Ok(n) => n,
-                    Err(TransportError::Closed | TransportError::PeerLost(_)) if self.peer_goodbye.is_some() => 0,
+                    Err(TransportError::Closed | TransportError::PeerLost(_))
+                        if self.peer_goodbye.is_some() =>
+                    {
+                        0
+                    }
                     Err(e) => {
                         if let Some(bad) = self.link.rx.truncated_at_close() {
                             return Err(ChannelError::Corrupt {

@@ -159,6 +159,11 @@ impl Primary {
         &self.link.peer
     }
 
+    /// The transport's readiness fd, if it has one (see `Transport::readable_fd`).
+    pub fn readable_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.link.t.readable_fd()
+    }
+
     fn transport_err(&self, what: &'static str, source: TransportError) -> ChannelError {
         ChannelError::Transport {
             what,

@@ -56,7 +56,14 @@ pub struct PrimaryShared {
 }
 
 impl PrimaryShared {
-    fn publish(&self, p: &Primary) {
+    /// Positions of a primary end driven inline (not by `spawn`): its owner
+    /// publishes after each poll so status and lag control can read them.
+    pub fn new() -> PrimaryShared {
+        PrimaryShared::default()
+    }
+
+    /// Publishes `p`'s positions.
+    pub fn publish(&self, p: &Primary) {
         let (replayed, ordinal) = p.replay();
         // Relaxed: reporting counters, read independently.
         self.replayed.store(replayed, Ordering::Relaxed);
@@ -84,6 +91,12 @@ impl PrimaryShared {
     /// Highest seq handed to the transport.
     pub fn last_sent_seq(&self) -> u64 {
         self.last_sent.load(Ordering::Relaxed)
+    }
+
+    /// Marks the channel stopped (an inline owner whose primary end failed).
+    pub fn set_stopped(&self) {
+        // Release: pairs with the Acquire in `is_stopped`.
+        self.stopped.store(true, Ordering::Release);
     }
 
     /// True once the channel thread has stopped (finished or failed).

@@ -425,7 +425,10 @@ fn silent_peer_is_reported_lost() {
         let ChannelError::PeerTimeout { silent_ms, .. } = &err else {
             unreachable!()
         };
-        assert!(*silent_ms >= 300, "{kind:?}: reported after {silent_ms} ms of silence");
+        assert!(
+            *silent_ms >= 300,
+            "{kind:?}: reported after {silent_ms} ms of silence"
+        );
         assert!(
             took <= Duration::from_millis(300 + 50 + 150),
             "{kind:?}: reported after {took:?}"

@@ -95,6 +95,14 @@ pub trait Transport: Send + std::fmt::Debug {
 
     /// Human-readable peer address (for error messages).
     fn peer(&self) -> String;
+
+    /// A file descriptor that becomes readable when `recv` may return bytes,
+    /// for callers that sleep in their own `poll(2)` (the VMM's wait port).
+    /// `None` when readiness cannot be seen on an fd (shm, io_uring): such
+    /// callers must poll instead. Default: `None`.
+    fn readable_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// Accepts connections for one transport; keeps listening after a connection ends.

@@ -181,6 +181,10 @@ impl Transport for TcpTransport {
     fn peer(&self) -> String {
         format!("tcp:{}", self.peer)
     }
+
+    fn readable_fd(&self) -> Option<RawFd> {
+        Some(self.stream.as_raw_fd())
+    }
 }
 
 impl Drop for TcpTransport {

@@ -63,7 +63,9 @@ pub fn run_primary(
     let PrimaryEnd {
         sink,
         gate,
-        mut handle,
+        device,
+        mut channel,
+        shared,
         gate_counters,
         sink_stats,
     } = connect_primary(&s, backup, &c.image)?;
@@ -72,7 +74,7 @@ pub fn run_primary(
         s.channel.transport.name()
     );
     if let Some(addr) = status_addr {
-        let shared = handle.shared().clone();
+        let shared = shared.clone();
         let (g, st) = (gate_counters.clone(), sink_stats.clone());
         let lag_limit = s.channel.lag_limit_us;
         let local = ftvm_ft::status::serve(
@@ -103,7 +105,8 @@ pub fn run_primary(
         .with_context(|| format!("serving status on {addr}"))?;
         eprintln!("ftvm primary: status on {local}");
     }
-    c.gate = Box::new(gate);
+    c.gate = gate;
+    c.devices.extend(device);
     let sink: Box<dyn ftvm_vmm::LogSink> = match record_log {
         Some(path) => Box::new(ftvm_ft::TeeSink::new(
             sink,
@@ -117,9 +120,7 @@ pub fn run_primary(
         Err(e) => {
             // A dead channel surfaces in the VM as a refused append; its own
             // error says why (peer lost, corrupt ACK, ...).
-            if handle.is_finished()
-                && let Err(ce) = handle.join()
-            {
+            if let Some(ce) = channel.failure() {
                 return Err(anyhow::Error::from(ce).context(format!(
                     "the backup at {backup} is lost; outputs not ACKed stay held"
                 )));
@@ -127,7 +128,7 @@ pub fn run_primary(
             return Err(e.into());
         }
     };
-    let stats = handle
+    let stats = channel
         .finish()
         .with_context(|| format!("shipping the rest of the log to the backup at {backup}"))?;
     let r = Ordering::Relaxed;

@@ -36,6 +36,7 @@
 //!    and dropped.
 
 mod gate;
+mod inline;
 pub mod local;
 mod pair;
 mod sink;
@@ -43,7 +44,10 @@ mod source;
 pub mod status;
 
 pub use gate::{ChannelGate, GateCounters, gate_pair};
-pub use pair::{BackupEnd, PairSetupError, PrimaryEnd, accept_backup, connect_primary};
+pub use inline::{ChannelDevice, InlineEnd, InlineGate};
+pub use pair::{
+    BackupEnd, PairSetupError, PrimaryChannel, PrimaryEnd, accept_backup, connect_primary,
+};
 pub use sink::{ChannelSink, SinkStats, TeeSink};
 pub use source::{ChannelSource, SourceStats};
 

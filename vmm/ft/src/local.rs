@@ -13,7 +13,7 @@ use ftvm_tuning::Settings;
 use ftvm_vmm::devices::net::Nic;
 use ftvm_vmm::{ConsoleTarget, LogSource, RunMode, RunOutcome, Vm, VmConfig, error_chain};
 
-use crate::{BackupEnd, GateCounters, PrimaryEnd, SinkStats, accept_backup, connect_primary};
+use crate::{BackupEnd, GateCounters, SinkStats, accept_backup, connect_primary};
 
 /// Wraps the backup's replay source (tests throttle replay with it).
 pub type WrapSource = Box<dyn FnOnce(BackupEnd) -> Box<dyn LogSource> + Send>;
@@ -133,18 +133,12 @@ impl LocalPair {
                         .and_then(|mut vm| vm.run())
                         .map_err(|e| error_chain(&e))
                 }));
-                let PrimaryEnd {
-                    sink,
-                    gate,
-                    handle,
-                    gate_counters: g,
-                    sink_stats: s,
-                } = connect_primary(settings, &connect(&bound), &c.image)
-                    .map_err(|e| e.to_string())?;
-                gate_counters = Some(g);
-                sink_stats = Some(s);
-                c.gate = Box::new(gate);
-                (RunMode::Record(Box::new(sink)), Some(handle))
+                let end = connect_primary(settings, &connect(&bound), &c.image)
+                    .map_err(|e| error_chain(&e))?;
+                gate_counters = Some(end.gate_counters.clone());
+                sink_stats = Some(end.sink_stats.clone());
+                let (mode, channel) = end.install(&mut c);
+                (mode, Some(channel))
             }
         };
         let (mode, handle) = mode_and_handle;
@@ -160,8 +154,7 @@ impl LocalPair {
                 (Ok(o), None) => o,
                 (Err(e), Some(mut h)) => {
                     let channel = h
-                        .join()
-                        .err()
+                        .failure()
                         .map(|ce| format!("; channel: {}", error_chain(&ce)))
                         .unwrap_or_default();
                     return Err(format!("primary VM: {}{channel}", error_chain(&e)));

@@ -15,6 +15,8 @@ use ftvm_channel::{AppendError, Appender, PrimaryShared};
 use ftvm_vmm::log::{LogSink, LogSinkError};
 use ftvm_wire::Header;
 
+use crate::inline::{InlineShared, lock};
+
 /// Entries between two lag samples.
 const SAMPLE_EVERY: u64 = 64;
 /// Longest single lag-control sleep.
@@ -47,6 +49,8 @@ pub struct SinkStats {
 #[derive(Debug)]
 pub struct ChannelSink {
     app: Appender,
+    /// Inline mode: the sink drives the channel itself (see `inline.rs`).
+    inline: Option<InlineShared>,
     shared: Arc<PrimaryShared>,
     lag_limit: Duration,
     samples: VecDeque<(u64, Instant)>,
@@ -59,10 +63,24 @@ impl ChannelSink {
     pub fn new(app: Appender, shared: Arc<PrimaryShared>, lag_limit: Duration) -> ChannelSink {
         ChannelSink {
             app,
+            inline: None,
             shared,
             lag_limit,
             samples: VecDeque::new(),
             stats: Arc::new(SinkStats::default()),
+        }
+    }
+
+    /// A sink that also drives the inline channel `inline`.
+    pub(crate) fn inline(
+        app: Appender,
+        inline: InlineShared,
+        shared: Arc<PrimaryShared>,
+        lag_limit: Duration,
+    ) -> ChannelSink {
+        ChannelSink {
+            inline: Some(inline),
+            ..ChannelSink::new(app, shared, lag_limit)
         }
     }
 
@@ -134,9 +152,15 @@ impl LogSink for ChannelSink {
                     if self.shared.is_stopped() {
                         return Err(self.channel_gone());
                     }
-                    // Flow control: the vCPU pauses until the channel drains.
+                    // Flow control: the vCPU pauses until the channel drains
+                    // (inline: it drains the ring itself).
                     waited.get_or_insert_with(Instant::now);
-                    std::hint::spin_loop();
+                    match &self.inline {
+                        Some(i) => {
+                            lock(i).pump();
+                        }
+                        None => std::hint::spin_loop(),
+                    }
                 }
                 Err(e) => {
                     return Err(LogSinkError::Closed(format!(
@@ -159,6 +183,12 @@ impl LogSink for ChannelSink {
         self.stats
             .exit_ordinal
             .store(header.exit_ordinal, Ordering::Relaxed);
+        if let Some(i) = &self.inline
+            && header.kind.is_output()
+        {
+            // An output waits on this entry: ship it now.
+            lock(i).pump();
+        }
         if self.shared.is_stopped() {
             return Err(self.channel_gone());
         }

@@ -1,0 +1,657 @@
+//! The self-checking load generator (`ftvm client load`, benchmarks, tests).
+//!
+//! `clients` client ids are spread over `threads` threads; each thread owns
+//! one nonblocking UDP socket and busy-polls it (thread wake-ups cost more
+//! than a request on the hosts this runs on). Every client has at most one
+//! request in flight, so its request numbers are answered in order.
+//!
+//! 1. **Issue.** Closed loop (default): an idle client issues its next op at
+//!    once. Open loop (`rate`): ops are due at fixed intended times
+//!    (`rate / threads` per thread) and go to the next idle client; latency
+//!    is measured from the intended time, so a slow server is not hidden by
+//!    a late send (no coordinated omission).
+//! 2. **Ops.** Each client works on `keys` private keys (`c<id>/k<j>`) and
+//!    keeps a model of their values; ops are PUT, GET, APPEND and CAS (with
+//!    the right or a wrong expected value) drawn from a seeded generator.
+//! 3. **Verify.** Every reply is checked against the model: status, and the
+//!    value of GET / APPEND / failed CAS. A difference is counted as an error
+//!    and the first few are kept as messages.
+//! 4. **Retry.** A request unanswered after `timeout` is resent unchanged
+//!    (same request number); after `max_attempts` sends the run fails with
+//!    [`LoadError::NoReply`]. A late reply to an earlier send of an answered
+//!    request is counted as a duplicate and ignored.
+
+use std::format;
+use std::net::{SocketAddr, UdpSocket};
+use std::string::{String, ToString};
+use std::time::{Duration, Instant};
+use std::vec;
+use std::vec::Vec;
+
+use hdrhistogram::Histogram;
+
+use crate::{MAX_DATAGRAM, MAX_VALUE, Op, Reply, Request, Status};
+
+/// Largest latency the histogram holds (longer ones are clamped).
+const MAX_LATENCY_NS: u64 = 60_000_000_000;
+/// Error messages kept in a report.
+const KEEP_ERRORS: usize = 10;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    /// The kv server.
+    pub server: SocketAddr,
+    /// Client ids.
+    pub clients: u32,
+    /// Operations to complete in total.
+    pub ops: u64,
+    /// Open loop at this many ops/s in total; `None`: closed loop.
+    pub rate: Option<f64>,
+    /// Per-attempt timeout before a resend.
+    pub timeout: Duration,
+    /// Sends per request before giving up.
+    pub max_attempts: u32,
+    /// Private keys per client.
+    pub keys: u32,
+    /// Longest value written by one op (1..=MAX_VALUE).
+    pub max_value_len: usize,
+    /// Seed of the op generator.
+    pub seed: u64,
+    /// Threads (each with its own socket and share of the clients).
+    pub threads: u32,
+    /// Cores to pin the load threads to (thread `i` on `pin_cores[i % len]`);
+    /// empty: not pinned.
+    pub pin_cores: Vec<usize>,
+    /// First client id; `None`: derived from the seed, the time and the pid,
+    /// so that repeated runs against one server do not reuse ids (a reused
+    /// id would restart at request 1 and be refused as stale).
+    pub first_client_id: Option<u64>,
+}
+
+impl LoadConfig {
+    /// Defaults for `server`: 16 clients, 10,000 ops, closed loop, 200 ms
+    /// timeout, 25 attempts, 8 keys per client, values up to 32 bytes, seed
+    /// 1, one thread, not pinned.
+    pub fn new(server: SocketAddr) -> LoadConfig {
+        LoadConfig {
+            server,
+            clients: 16,
+            ops: 10_000,
+            rate: None,
+            timeout: Duration::from_millis(200),
+            max_attempts: 25,
+            keys: 8,
+            max_value_len: 32,
+            seed: 1,
+            threads: 1,
+            pin_cores: Vec::new(),
+            first_client_id: None,
+        }
+    }
+
+    fn validate(&self) -> Result<(), LoadError> {
+        let bad = |key: &'static str, value: String, allowed: &'static str| {
+            Err(LoadError::Config {
+                key,
+                value,
+                allowed,
+            })
+        };
+        if self.clients == 0 {
+            return bad("clients", self.clients.to_string(), ">= 1");
+        }
+        if self.threads == 0 || self.threads > self.clients {
+            return bad("threads", self.threads.to_string(), "1..=clients");
+        }
+        if self.keys == 0 || self.keys > 1_000_000 {
+            return bad("keys", self.keys.to_string(), "1..=1000000");
+        }
+        if self.max_value_len == 0 || self.max_value_len > MAX_VALUE {
+            return bad("max_value_len", self.max_value_len.to_string(), "1..=512");
+        }
+        if let Some(r) = self.rate
+            && !(r.is_finite() && r > 0.0)
+        {
+            return bad("rate", r.to_string(), "> 0 ops/s");
+        }
+        if self.timeout.is_zero() {
+            return bad("timeout", format!("{:?}", self.timeout), "> 0");
+        }
+        if self.max_attempts == 0 {
+            return bad("max_attempts", self.max_attempts.to_string(), ">= 1");
+        }
+        Ok(())
+    }
+}
+
+/// A load run that could not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A configuration value is out of range.
+    #[error("load setting {key} = {value} is out of range (allowed: {allowed})")]
+    Config {
+        /// The setting.
+        key: &'static str,
+        /// Its value.
+        value: String,
+        /// What is allowed.
+        allowed: &'static str,
+    },
+    /// A socket operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A request got no reply after every attempt.
+    #[error(
+        "no reply from {server} to client {client_id:#x} request {request_no} after {attempts} attempts of {timeout_ms} ms"
+    )]
+    NoReply {
+        /// The server.
+        server: SocketAddr,
+        /// Client id.
+        client_id: u64,
+        /// Request number.
+        request_no: u64,
+        /// Sends made.
+        attempts: u32,
+        /// Per-attempt timeout.
+        timeout_ms: u64,
+    },
+    /// A load thread panicked.
+    #[error("load thread {index} panicked")]
+    ThreadPanicked {
+        /// Thread index.
+        index: u32,
+    },
+}
+
+/// The outcome of a run.
+#[derive(Clone, Debug)]
+pub struct LoadReport {
+    /// Operations completed (replied to).
+    pub ops: u64,
+    /// Wall time from the first send to the last reply.
+    pub elapsed: Duration,
+    /// Resends after a timeout.
+    pub retries: u64,
+    /// Replies to a request already answered (late answers to resends).
+    pub duplicate_replies: u64,
+    /// Datagrams that were not a reply to any of our clients.
+    pub foreign_replies: u64,
+    /// Replies that disagreed with the model.
+    pub errors: u64,
+    /// The first few error messages.
+    pub first_errors: Vec<String>,
+    /// Completed ops per kind: PUT, GET, APPEND, CAS.
+    pub per_op: [u64; 4],
+    /// Latency in nanoseconds (open loop: from the intended send time).
+    pub latency_ns: Histogram<u64>,
+}
+
+impl LoadReport {
+    /// Completed ops per second.
+    pub fn ops_per_sec(&self) -> f64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 { self.ops as f64 / s } else { 0.0 }
+    }
+
+    /// Latency at quantile `q` (0..=1) in microseconds.
+    pub fn latency_us(&self, q: f64) -> f64 {
+        self.latency_ns.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// Largest latency in microseconds.
+    pub fn max_us(&self) -> f64 {
+        self.latency_ns.max() as f64 / 1000.0
+    }
+
+    fn merge(&mut self, other: LoadReport) {
+        self.ops += other.ops;
+        self.elapsed = self.elapsed.max(other.elapsed);
+        self.retries += other.retries;
+        self.duplicate_replies += other.duplicate_replies;
+        self.foreign_replies += other.foreign_replies;
+        self.errors += other.errors;
+        for m in other.first_errors {
+            if self.first_errors.len() < KEEP_ERRORS {
+                self.first_errors.push(m);
+            }
+        }
+        for (a, b) in self.per_op.iter_mut().zip(other.per_op) {
+            *a += b;
+        }
+        // Both histograms have the same bounds: `add` cannot fail.
+        let _ = self.latency_ns.add(&other.latency_ns);
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // Bounds are constants within hdrhistogram's limits.
+    Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3).expect("constant histogram bounds are valid")
+}
+
+/// splitmix64: a small seeded generator (no dependency, same sequence everywhere).
+#[derive(Clone, Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// What the reply to an in-flight request must be.
+#[derive(Debug)]
+enum Expect {
+    Put {
+        key: usize,
+        value: Vec<u8>,
+    },
+    Get {
+        key: usize,
+    },
+    Append {
+        key: usize,
+        value: Vec<u8>,
+    },
+    Cas {
+        key: usize,
+        expected: Vec<u8>,
+        new: Vec<u8>,
+    },
+}
+
+#[derive(Debug)]
+struct Inflight {
+    request_no: u64,
+    datagram: Vec<u8>,
+    expect: Expect,
+    intended: Instant,
+    last_send: Instant,
+    attempts: u32,
+}
+
+#[derive(Debug)]
+struct ClientState {
+    id: u64,
+    next_no: u64,
+    rng: Rng,
+    key_names: Vec<Vec<u8>>,
+    model: Vec<Option<Vec<u8>>>,
+    inflight: Option<Inflight>,
+}
+
+impl ClientState {
+    fn random_value(&mut self, max: usize) -> Vec<u8> {
+        let len = 1 + self.rng.below(max as u64) as usize;
+        (0..len).map(|_| b'a' + self.rng.below(26) as u8).collect()
+    }
+
+    /// Draws the next op, encodes it, and makes it in flight.
+    fn issue(&mut self, max_value: usize, intended: Instant, now: Instant) {
+        let key = self.rng.below(self.key_names.len() as u64) as usize;
+        let current = self.model[key].clone();
+        let expect = match self.rng.below(4) {
+            0 => Expect::Put {
+                key,
+                value: self.random_value(max_value),
+            },
+            1 => Expect::Get { key },
+            2 => {
+                let value = self.random_value(max_value);
+                let cur_len = current.as_ref().map_or(0, Vec::len);
+                if cur_len + value.len() > MAX_VALUE {
+                    Expect::Put { key, value }
+                } else {
+                    Expect::Append { key, value }
+                }
+            }
+            _ => {
+                let mut expected = current.clone().unwrap_or_default();
+                // One CAS in three expects a wrong value.
+                if self.rng.below(3) == 0 {
+                    expected.push(b'!');
+                }
+                Expect::Cas {
+                    key,
+                    expected,
+                    new: self.random_value(max_value),
+                }
+            }
+        };
+        let (op, k, value, new_value): (Op, usize, &[u8], &[u8]) = match &expect {
+            Expect::Put { key, value } => (Op::Put, *key, value, &[]),
+            Expect::Get { key } => (Op::Get, *key, &[], &[]),
+            Expect::Append { key, value } => (Op::Append, *key, value, &[]),
+            Expect::Cas { key, expected, new } => (Op::Cas, *key, expected, new),
+        };
+        let request_no = self.next_no;
+        self.next_no += 1;
+        let req = Request {
+            op,
+            client_id: self.id,
+            request_no,
+            key: &self.key_names[k],
+            value,
+            new_value,
+        };
+        let mut buf = vec![0u8; req.encoded_len()];
+        // Keys are short and values <= max_value <= MAX_VALUE: encoding fits.
+        let n = req
+            .encode(&mut buf)
+            .expect("generated request is within limits");
+        buf.truncate(n);
+        self.inflight = Some(Inflight {
+            request_no,
+            datagram: buf,
+            expect,
+            intended,
+            last_send: now,
+            attempts: 1,
+        });
+    }
+
+    /// Checks `reply` against the model and updates it; `Err` describes a
+    /// disagreement. Returns the op's index in `per_op`.
+    fn verify(&mut self, expect: Expect, reply: &Reply<'_>) -> (usize, Result<(), String>) {
+        let want = |status: Status, value: &[u8]| -> Result<(), String> {
+            if reply.status != status || reply.value != value {
+                return Err(format!(
+                    "client {:#x} request {} ({:?}): got {} {:?}, expected {} {:?}",
+                    self.id,
+                    reply.request_no,
+                    reply.op,
+                    reply.status.name(),
+                    String::from_utf8_lossy(reply.value),
+                    status.name(),
+                    String::from_utf8_lossy(value),
+                ));
+            }
+            Ok(())
+        };
+        match expect {
+            Expect::Put { key, value } => {
+                let r = want(Status::Ok, &[]);
+                self.model[key] = Some(value);
+                (0, r)
+            }
+            Expect::Get { key } => {
+                let r = match &self.model[key] {
+                    Some(v) => want(Status::Ok, v),
+                    None => want(Status::NotFound, &[]),
+                };
+                (1, r)
+            }
+            Expect::Append { key, value } => {
+                let mut v = self.model[key].take().unwrap_or_default();
+                v.extend_from_slice(&value);
+                let r = want(Status::Ok, &v);
+                self.model[key] = Some(v);
+                (2, r)
+            }
+            Expect::Cas { key, expected, new } => {
+                let r = match &self.model[key] {
+                    None => want(Status::NotFound, &[]),
+                    Some(cur) if *cur == expected => want(Status::Ok, &[]),
+                    Some(cur) => want(Status::CasMismatch, cur),
+                };
+                if matches!(&self.model[key], Some(cur) if *cur == expected) {
+                    self.model[key] = Some(new);
+                }
+                (3, r)
+            }
+        }
+    }
+}
+
+/// Runs the load and returns the merged report. Fails only if the run could
+/// not complete (socket error, no reply after every attempt); wrong replies
+/// are counted in [`LoadReport::errors`].
+pub fn run_load(cfg: &LoadConfig) -> Result<LoadReport, LoadError> {
+    cfg.validate()?;
+    let base = match cfg.first_client_id {
+        Some(id) => id,
+        None => {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            let mut r = Rng(cfg.seed ^ t ^ (u64::from(std::process::id()) << 32));
+            // Leave room below u64::MAX for the ids of every client.
+            r.next() >> 8
+        }
+    };
+    let threads = cfg.threads;
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        // Thread t takes clients t, t + threads, ... and an even share of ops.
+        let ids: Vec<u64> = (0..cfg.clients)
+            .filter(|c| c % threads == t)
+            .map(|c| base + u64::from(c))
+            .collect();
+        let ops =
+            cfg.ops / u64::from(threads) + u64::from(u64::from(t) < cfg.ops % u64::from(threads));
+        let cfg = cfg.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("kv-load-{t}"))
+            .spawn(move || run_thread(&cfg, &ids, ops, t))
+            .map_err(|source| LoadError::Io {
+                what: "spawn load thread",
+                source,
+            })?;
+        handles.push(h);
+    }
+    let mut total: Option<LoadReport> = None;
+    let mut first_err = None;
+    for (i, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(r)) => match &mut total {
+                Some(t) => t.merge(r),
+                None => total = Some(r),
+            },
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(_) => {
+                first_err.get_or_insert(LoadError::ThreadPanicked { index: i as u32 });
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    // threads >= 1 was validated, so at least one report exists.
+    Ok(total.expect("at least one load thread"))
+}
+
+fn run_thread(
+    cfg: &LoadConfig,
+    ids: &[u64],
+    quota: u64,
+    thread: u32,
+) -> Result<LoadReport, LoadError> {
+    if !cfg.pin_cores.is_empty() {
+        let id = cfg.pin_cores[thread as usize % cfg.pin_cores.len()];
+        if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+            return Err(LoadError::Config {
+                key: "pin_cores",
+                value: id.to_string(),
+                allowed: "cores this process may run on",
+            });
+        }
+    }
+    let io = |what| move |source| LoadError::Io { what, source };
+    let bind: SocketAddr = if cfg.server.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(bind).map_err(io("bind load socket"))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(io("set nonblocking"))?;
+    let base = ids.first().copied().unwrap_or(0);
+    let stride = u64::from(cfg.threads);
+    let mut clients: Vec<ClientState> = ids
+        .iter()
+        .map(|&id| ClientState {
+            id,
+            next_no: 1,
+            rng: Rng(cfg.seed.wrapping_mul(0x100_0000_01b3)
+                ^ (id - base)
+                ^ u64::from(thread) << 40),
+            key_names: (0..cfg.keys)
+                .map(|j| format!("c{id:x}/k{j}").into_bytes())
+                .collect(),
+            model: vec![None; cfg.keys as usize],
+            inflight: None,
+        })
+        .collect();
+    let mut report = LoadReport {
+        ops: 0,
+        elapsed: Duration::ZERO,
+        retries: 0,
+        duplicate_replies: 0,
+        foreign_replies: 0,
+        errors: 0,
+        first_errors: Vec::new(),
+        per_op: [0; 4],
+        latency_ns: new_histogram(),
+    };
+    let interval = cfg
+        .rate
+        .map(|r| Duration::from_secs_f64(f64::from(cfg.threads) / r));
+    let start = Instant::now();
+    let mut next_intended = start;
+    let mut issued = 0u64;
+    let mut idle: std::collections::VecDeque<usize> = (0..clients.len()).collect();
+    let mut last_scan = start;
+    let scan_every = (cfg.timeout / 4).max(Duration::from_micros(200));
+    let mut buf = [0u8; MAX_DATAGRAM + 1];
+    let send = |socket: &UdpSocket, d: &[u8]| -> Result<(), LoadError> {
+        match socket.send_to(d, cfg.server) {
+            Ok(_) => Ok(()),
+            // A full socket buffer drops the datagram: the timeout resends it.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(source) => Err(LoadError::Io {
+                what: "send request",
+                source,
+            }),
+        }
+    };
+    while report.ops < quota {
+        let now = Instant::now();
+        // 1. Issue.
+        while issued < quota {
+            let intended = match interval {
+                None => now,
+                Some(_) => {
+                    if next_intended > now {
+                        break;
+                    }
+                    next_intended
+                }
+            };
+            let Some(c) = idle.pop_front() else { break };
+            let client = &mut clients[c];
+            client.issue(cfg.max_value_len, intended, now);
+            issued += 1;
+            if let Some(iv) = interval {
+                next_intended += iv;
+            }
+            if let Some(f) = &client.inflight {
+                send(&socket, &f.datagram)?;
+            }
+        }
+        // 2. Receive every reply waiting.
+        loop {
+            let n = match socket.recv_from(&mut buf) {
+                Ok((n, _)) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(source) => {
+                    return Err(LoadError::Io {
+                        what: "receive reply",
+                        source,
+                    });
+                }
+            };
+            let Ok(reply) = Reply::decode(&buf[..n]) else {
+                report.foreign_replies += 1;
+                continue;
+            };
+            let offset = reply.client_id.wrapping_sub(base);
+            let idx = (offset / stride) as usize;
+            if offset % stride != 0 || idx >= clients.len() {
+                report.foreign_replies += 1;
+                continue;
+            }
+            let client = &mut clients[idx];
+            let matches = client
+                .inflight
+                .as_ref()
+                .is_some_and(|f| f.request_no == reply.request_no);
+            if !matches {
+                report.duplicate_replies += 1;
+                continue;
+            }
+            let Some(f) = client.inflight.take() else {
+                continue;
+            };
+            let done = Instant::now();
+            let lat = done.duration_since(f.intended).as_nanos() as u64;
+            report
+                .latency_ns
+                .saturating_record(lat.clamp(1, MAX_LATENCY_NS));
+            let (kind, verdict) = client.verify(f.expect, &reply);
+            report.per_op[kind] += 1;
+            if let Err(m) = verdict {
+                report.errors += 1;
+                if report.first_errors.len() < KEEP_ERRORS {
+                    report.first_errors.push(m);
+                }
+            }
+            report.ops += 1;
+            report.elapsed = done.duration_since(start);
+            idle.push_back(idx);
+        }
+        // 3. Resend what timed out.
+        if now.duration_since(last_scan) >= scan_every {
+            last_scan = now;
+            for client in &mut clients {
+                let Some(f) = client.inflight.as_mut() else {
+                    continue;
+                };
+                if now.duration_since(f.last_send) < cfg.timeout {
+                    continue;
+                }
+                if f.attempts >= cfg.max_attempts {
+                    return Err(LoadError::NoReply {
+                        server: cfg.server,
+                        client_id: client.id,
+                        request_no: f.request_no,
+                        attempts: f.attempts,
+                        timeout_ms: cfg.timeout.as_millis() as u64,
+                    });
+                }
+                f.attempts += 1;
+                f.last_send = now;
+                report.retries += 1;
+                send(&socket, &f.datagram)?;
+            }
+        }
+        std::hint::spin_loop();
+    }
+    Ok(report)
+}
