@@ -14,7 +14,7 @@ use ftvm_wire::control::{Ack, Control, Goodbye, Role, Tick};
 
 use crate::error::ChannelError;
 use crate::link::{HelloParams, Link, LinkStats};
-use crate::transport::{Interest, Transport, TransportError};
+use crate::transport::{Transport, TransportError};
 
 /// Counters of the backup end.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -337,14 +337,8 @@ impl Backup {
 
     /// Blocks up to `timeout` for the transport (park idle strategy).
     pub fn wait(&mut self, timeout: Duration) -> Result<(), ChannelError> {
-        let interest = if self.link.control_pending() {
-            Interest::Both
-        } else {
-            Interest::Readable
-        };
         self.link
-            .t
-            .wait(interest, timeout)
+            .wait(false, timeout)
             .map_err(|e| self.transport_err("wait", e))
     }
 }

@@ -120,6 +120,17 @@ impl Link {
         Ok(n)
     }
 
+    /// Blocks up to `timeout` until the peer sends, or — when `sending` (bytes
+    /// of ours wait to go out) — until there is room to send.
+    pub fn wait(&mut self, sending: bool, timeout: Duration) -> Result<(), TransportError> {
+        let interest = if sending || self.control_pending() {
+            Interest::Both
+        } else {
+            Interest::Readable
+        };
+        self.t.wait(interest, timeout)
+    }
+
     /// Time since the peer was last heard from.
     pub fn silent_for(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.last_rx)

@@ -16,7 +16,7 @@ use ftvm_wire::raw;
 use crate::appender::Appender;
 use crate::error::ChannelError;
 use crate::link::{HelloParams, Link, LinkStats};
-use crate::transport::{Interest, Transport, TransportError};
+use crate::transport::{Transport, TransportError};
 
 /// Counters of the primary end.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -391,14 +391,8 @@ impl Primary {
 
     /// Blocks up to `timeout` for the transport (park idle strategy).
     pub fn wait(&mut self, timeout: Duration) -> Result<(), ChannelError> {
-        let interest = if self.out.partial > 0 || self.link.control_pending() {
-            Interest::Both
-        } else {
-            Interest::Readable
-        };
         self.link
-            .t
-            .wait(interest, timeout)
+            .wait(self.out.partial > 0, timeout)
             .map_err(|e| self.transport_err("wait", e))
     }
 
