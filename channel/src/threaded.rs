@@ -12,9 +12,12 @@ use ftvm_ring::log::{ClaimError, Consumer};
 use ftvm_tuning::{ChannelSettings, Idle};
 use ftvm_wire::{Frame, decode};
 
+use crate::appender::Appender;
 use crate::backup::{Backup, BackupStats};
 use crate::error::ChannelError;
+use crate::link::HelloParams;
 use crate::primary::{Primary, PrimaryStats};
+use crate::transport::Transport;
 
 /// How long a stopping primary waits for the final ACK.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -127,49 +130,92 @@ impl Primary {
     }
 
     /// [`Primary::spawn`] with a hook run after every poll round.
-    pub fn spawn_with(mut self, settings: &ChannelSettings, mut hook: AckHook) -> PrimaryHandle {
-        let shared = Arc::new(PrimaryShared::default());
-        shared.publish(&self);
-        let stop = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(AtomicBool::new(false));
-        let (sh, s, d) = (shared.clone(), stop.clone(), done.clone());
-        let mut idler = idler_for(settings);
-        let core = settings.sender_core;
-        let park = Duration::from_micros(settings.park_us);
-        let thread = std::thread::Builder::new()
-            .name("ftvm-primary-channel".into())
-            .spawn(move || {
-                pin(core);
-                let result = (|| {
-                    // Relaxed: `stop` carries no data; the appender's entries
-                    // are published by the ring's own Release/Acquire pair.
-                    while !s.load(Ordering::Relaxed) {
-                        let work = self.poll()?;
-                        sh.publish(&self);
-                        hook(&sh);
-                        if work == 0 && idler.is_parking() {
-                            self.wait(park)?;
-                        } else {
-                            idler.idle(work);
-                        }
-                    }
-                    let stats = self.finish(FINISH_TIMEOUT)?;
-                    sh.publish_final();
-                    hook(&sh);
-                    Ok(stats)
-                })();
-                // Release: pairs with the Acquire in `is_finished`/`is_stopped`.
-                d.store(true, Ordering::Release);
-                sh.stopped.store(true, Ordering::Release);
-                result
-            })
-            .ok();
-        PrimaryHandle {
-            shared,
-            stop,
-            done,
-            thread,
+    pub fn spawn_with(self, settings: &ChannelSettings, hook: AckHook) -> PrimaryHandle {
+        primary_thread(settings, hook, move || Ok(self))
+    }
+
+    /// Performs the handshake over `transport` **on a new channel thread**
+    /// and runs the primary end there; returns once the handshake is done.
+    /// The transport is then only ever driven by that thread, which io_uring's
+    /// single-issuer rings require (a ring used by the thread that did the
+    /// handshake refuses every other thread).
+    pub fn spawn_establish(
+        transport: Box<dyn Transport>,
+        settings: &ChannelSettings,
+        params: HelloParams,
+        hook: AckHook,
+    ) -> Result<(PrimaryHandle, Appender), ChannelError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = settings.clone();
+        let mut handle = primary_thread(settings, hook, move || {
+            let (primary, app) = Primary::establish(transport, &s, params)?;
+            // The caller waits for the appender; if it is gone, so is its use.
+            let _ = tx.send(app);
+            Ok(primary)
+        });
+        match rx.recv() {
+            Ok(app) => Ok((handle, app)),
+            // The thread ended before the handshake completed: its error says why.
+            Err(_) => Err(handle.join().err().unwrap_or_else(thread_failed)),
         }
+    }
+}
+
+fn thread_failed() -> ChannelError {
+    ChannelError::Protocol {
+        peer: String::new(),
+        what: "channel thread could not start or panicked".into(),
+    }
+}
+
+/// Runs the primary end that `make` builds (on the new thread) until stopped.
+fn primary_thread(
+    settings: &ChannelSettings,
+    mut hook: AckHook,
+    make: impl FnOnce() -> Result<Primary, ChannelError> + Send + 'static,
+) -> PrimaryHandle {
+    let shared = Arc::new(PrimaryShared::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let (sh, s, d) = (shared.clone(), stop.clone(), done.clone());
+    let mut idler = idler_for(settings);
+    let core = settings.sender_core;
+    let park = Duration::from_micros(settings.park_us);
+    let thread = std::thread::Builder::new()
+        .name("ftvm-primary-channel".into())
+        .spawn(move || {
+            pin(core);
+            let result = (|| {
+                let mut primary = make()?;
+                sh.publish(&primary);
+                // Relaxed: `stop` carries no data; the appender's entries
+                // are published by the ring's own Release/Acquire pair.
+                while !s.load(Ordering::Relaxed) {
+                    let work = primary.poll()?;
+                    sh.publish(&primary);
+                    hook(&sh);
+                    if work == 0 && idler.is_parking() {
+                        primary.wait(park)?;
+                    } else {
+                        idler.idle(work);
+                    }
+                }
+                let stats = primary.finish(FINISH_TIMEOUT)?;
+                sh.publish_final();
+                hook(&sh);
+                Ok(stats)
+            })();
+            // Release: pairs with the Acquire in `is_finished`/`is_stopped`.
+            d.store(true, Ordering::Release);
+            sh.stopped.store(true, Ordering::Release);
+            result
+        })
+        .ok();
+    PrimaryHandle {
+        shared,
+        stop,
+        done,
+        thread,
     }
 }
 
@@ -261,69 +307,102 @@ impl Backup {
     /// `settings.ring_bytes`. A full feed stops the receiver reading (the
     /// transport's flow control then reaches the primary); nothing is dropped.
     pub fn spawn(
-        mut self,
+        self,
         settings: &ChannelSettings,
     ) -> Result<(BackupHandle, ReplayFeed), ChannelError> {
-        let (mut producer, consumer) = ftvm_ring::log::with_capacity(settings.ring_bytes)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(AtomicBool::new(false));
-        let replayed = Arc::new(AtomicU64::new(0));
-        let ordinal = Arc::new(AtomicU64::new(0));
-        let (s, d, r, o) = (
-            stop.clone(),
-            done.clone(),
-            replayed.clone(),
-            ordinal.clone(),
-        );
-        let mut idler = idler_for(settings);
-        let core = settings.receiver_core;
-        let park = Duration::from_micros(settings.park_us);
-        let thread = std::thread::Builder::new()
-            .name("ftvm-backup-channel".into())
-            .spawn(move || {
-                pin(core);
-                let result = (|| {
-                    while !s.load(Ordering::Relaxed) && !self.is_ended() {
-                        self.set_replayed(r.load(Ordering::Relaxed), o.load(Ordering::Relaxed));
-                        let budget = producer.free_bytes();
-                        let mut full = false;
-                        let work = self.poll_budget(budget, |_, frame| {
-                            let bytes = frame.bytes;
-                            match producer.claim(bytes.len()) {
-                                Ok(mut c) => {
-                                    c.buf().copy_from_slice(bytes);
-                                    c.commit();
-                                }
-                                // The budget keeps deliveries within the free space.
-                                Err(
-                                    ClaimError::Full { .. }
-                                    | ClaimError::TooLarge { .. }
-                                    | ClaimError::BadLength { .. },
-                                ) => full = true,
-                            }
-                        })?;
-                        debug_assert!(!full, "replay feed overflowed its budget");
-                        if work == 0 && idler.is_parking() {
-                            self.wait(park)?;
-                        } else {
-                            idler.idle(work);
-                        }
-                    }
-                    Ok(self.stats())
-                })();
-                d.store(true, Ordering::Release);
-                result
-            })
-            .ok();
-        Ok((
-            BackupHandle { stop, done, thread },
-            ReplayFeed {
-                consumer,
-                replayed,
-                ordinal,
-            },
-        ))
+        backup_thread(settings, move || Ok(self))
     }
+
+    /// Performs the handshake over `transport` on a new receiver thread and
+    /// runs the backup end there (see [`Primary::spawn_establish`] for why);
+    /// returns once the handshake is done.
+    pub fn spawn_establish(
+        transport: Box<dyn Transport>,
+        settings: &ChannelSettings,
+        params: HelloParams,
+    ) -> Result<(BackupHandle, ReplayFeed), ChannelError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = settings.clone();
+        let (mut handle, feed) = backup_thread(settings, move || {
+            let backup = Backup::establish(transport, &s, params)?;
+            let _ = tx.send(());
+            Ok(backup)
+        })?;
+        match rx.recv() {
+            Ok(()) => Ok((handle, feed)),
+            Err(_) => Err(handle.join().err().unwrap_or_else(thread_failed)),
+        }
+    }
+}
+
+/// Runs the backup end that `make` builds (on the new thread) until the
+/// primary says goodbye, an error, or `stop`.
+fn backup_thread(
+    settings: &ChannelSettings,
+    make: impl FnOnce() -> Result<Backup, ChannelError> + Send + 'static,
+) -> Result<(BackupHandle, ReplayFeed), ChannelError> {
+    let (mut producer, consumer) = ftvm_ring::log::with_capacity(settings.ring_bytes)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let replayed = Arc::new(AtomicU64::new(0));
+    let ordinal = Arc::new(AtomicU64::new(0));
+    let (s, d, r, o) = (
+        stop.clone(),
+        done.clone(),
+        replayed.clone(),
+        ordinal.clone(),
+    );
+    let mut idler = idler_for(settings);
+    let core = settings.receiver_core;
+    let park = Duration::from_micros(settings.park_us);
+    let thread = std::thread::Builder::new()
+        .name("ftvm-backup-channel".into())
+        .spawn(move || {
+            pin(core);
+            let result = (|| {
+                let mut backup = make()?;
+                while !s.load(Ordering::Relaxed) && !backup.is_ended() {
+                    // Relaxed: reporting positions, read independently.
+                    backup.set_replayed(r.load(Ordering::Relaxed), o.load(Ordering::Relaxed));
+                    let budget = producer.free_bytes();
+                    let mut full = false;
+                    let work = backup.poll_budget(budget, |_, frame| {
+                        let bytes = frame.bytes;
+                        match producer.claim(bytes.len()) {
+                            Ok(mut c) => {
+                                c.buf().copy_from_slice(bytes);
+                                c.commit();
+                            }
+                            // The budget keeps deliveries within the free space.
+                            Err(
+                                ClaimError::Full { .. }
+                                | ClaimError::TooLarge { .. }
+                                | ClaimError::BadLength { .. },
+                            ) => full = true,
+                        }
+                    })?;
+                    debug_assert!(!full, "replay feed overflowed its budget");
+                    if work == 0 && idler.is_parking() {
+                        backup.wait(park)?;
+                    } else {
+                        idler.idle(work);
+                    }
+                }
+                Ok(backup.stats())
+            })();
+            // Release: pairs with the Acquire in `BackupHandle::is_finished`.
+            d.store(true, Ordering::Release);
+            result
+        })
+        .ok();
+    Ok((
+        BackupHandle { stop, done, thread },
+        ReplayFeed {
+            consumer,
+            replayed,
+            ordinal,
+        },
+    ))
 }
 
 impl BackupHandle {

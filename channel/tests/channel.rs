@@ -146,7 +146,16 @@ fn shm_delivery_and_output_rule() {
 
 #[test]
 fn threaded_mode_delivers_in_order() {
-    for kind in [TransportKind::Tcp, TransportKind::Shm] {
+    let mut kinds = vec![TransportKind::Tcp, TransportKind::Shm];
+    match transport::uring::probe_available() {
+        Ok(()) => kinds.push(TransportKind::Uring),
+        Err(why) => println!("SKIP threaded_mode_delivers_in_order (uring part): {why}"),
+    }
+    for kind in kinds {
+        // tcp: handshake here, then move the end to its thread (`spawn`);
+        // shm and uring: the thread does its own handshake (`spawn_establish`),
+        // which io_uring's single-issuer rings require.
+        let in_thread = kind != TransportKind::Tcp;
         let s = ChannelSettings {
             threaded: true,
             ..settings(kind)
@@ -154,8 +163,12 @@ fn threaded_mode_delivers_in_order() {
         let (pt, bt) = pair(&s);
         let s_b = s.clone();
         let backup = thread::spawn(move || {
-            let b = Backup::establish(bt, &s_b, PARAMS).expect("backup handshake");
-            let (mut handle, mut feed) = b.spawn(&s_b).expect("spawn backup");
+            let (mut handle, mut feed) = if in_thread {
+                Backup::spawn_establish(bt, &s_b, PARAMS).expect("backup handshake on its thread")
+            } else {
+                let b = Backup::establish(bt, &s_b, PARAMS).expect("backup handshake");
+                b.spawn(&s_b).expect("spawn backup")
+            };
             let mut next = 1u64;
             loop {
                 let finished = handle.is_finished();
@@ -173,8 +186,13 @@ fn threaded_mode_delivers_in_order() {
             handle.join().expect("backup thread");
             next - 1
         });
-        let (p, mut app) = Primary::establish(pt, &s, PARAMS).expect("primary handshake");
-        let handle = p.spawn(&s);
+        let (handle, mut app) = if in_thread {
+            Primary::spawn_establish(pt, &s, PARAMS, Box::new(|_| {}))
+                .expect("primary handshake on its thread")
+        } else {
+            let (p, app) = Primary::establish(pt, &s, PARAMS).expect("primary handshake");
+            (p.spawn(&s), app)
+        };
         for seq in 1..=50_000u64 {
             let kind = if seq.is_multiple_of(1000) {
                 Kind::OpaqueOutput

@@ -107,6 +107,27 @@ fn shm_pair_replays_ten_thousand_ops_to_the_same_digest() {
     }
 }
 
+/// io_uring rings are single-issuer: the pair must drive each transport from
+/// one thread only (the channel thread does its own handshake).
+#[test]
+fn uring_pair_replays_ten_thousand_ops_to_the_same_digest() {
+    let test = "uring_pair_replays_ten_thousand_ops_to_the_same_digest";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    if let Err(why) = ftvm_channel::transport::uring::probe_available() {
+        let required =
+            std::env::var("FTVM_REQUIRE").is_ok_and(|v| v.split(',').any(|r| r == "uring"));
+        assert!(
+            !required,
+            "{test}: io_uring required (FTVM_REQUIRE) but unavailable: {why}"
+        );
+        println!("SKIP {test}: {why}");
+        return;
+    }
+    pair_replays_to_the_same_digest(TransportKind::Uring, "127.0.0.1:0");
+}
+
 /// The output rule seen from outside: while the proxy holds the backup's
 /// ACKs, the primary has the reply (held in its gate) but the client sees
 /// nothing; the reply arrives only after the ACKs flow again.

@@ -133,18 +133,20 @@ pub fn connect_primary(
             source,
         }
     })?;
-    let (primary, app) = Primary::establish(t, &settings.channel, crate::hello(settings, image))
-        .map_err(|source| PairSetupError::Channel {
-            what: format!("handshake with the backup at {addr}"),
-            source,
-        })?;
+    let hello = crate::hello(settings, image);
+    let handshake = |source| PairSetupError::Channel {
+        what: format!("handshake with the backup at {addr}"),
+        source,
+    };
     let lag_limit = Duration::from_micros(settings.channel.lag_limit_us);
     // Inline needs a readiness fd: a vCPU asleep in the wait port must wake
     // when an ACK arrives. Transports without one (shm, io_uring) get the
-    // channel thread.
-    if settings.channel.threaded || primary.readable_fd().is_none() {
+    // channel thread, which also does the handshake: a transport is driven
+    // by one thread only (io_uring's rings are single-issuer).
+    if settings.channel.threaded || t.readable_fd().is_none() {
         let (gate, hook, gate_counters) = gate_pair();
-        let handle = primary.spawn_with(&settings.channel, hook);
+        let (handle, app) =
+            Primary::spawn_establish(t, &settings.channel, hello, hook).map_err(handshake)?;
         let shared = handle.shared().clone();
         let sink = ChannelSink::new(app, shared.clone(), lag_limit);
         let sink_stats = sink.stats();
@@ -158,6 +160,7 @@ pub fn connect_primary(
             sink_stats,
         });
     }
+    let (primary, app) = Primary::establish(t, &settings.channel, hello).map_err(handshake)?;
     let shared = Arc::new(PrimaryShared::new());
     let gate_counters = Arc::new(GateCounters::default());
     let inline = Arc::new(Mutex::new(Inline::new(
@@ -219,22 +222,18 @@ pub fn accept_backup(
         }
     };
     let peer = t.peer();
-    let backup = Backup::establish(t, &settings.channel, crate::hello(settings, image)).map_err(
-        |source| PairSetupError::Channel {
-            what: format!("handshake with the primary {peer}"),
-            source,
-        },
-    )?;
+    let hello = crate::hello(settings, image);
+    let handshake = |source| PairSetupError::Channel {
+        what: format!("handshake with the primary {peer}"),
+        source,
+    };
     let source = if settings.channel.threaded {
+        // The receiver thread does the handshake: one thread drives a transport.
         let (handle, feed) =
-            backup
-                .spawn(&settings.channel)
-                .map_err(|source| PairSetupError::Channel {
-                    what: "starting the receiver".into(),
-                    source,
-                })?;
+            Backup::spawn_establish(t, &settings.channel, hello).map_err(handshake)?;
         ChannelSource::threaded(feed, handle)
     } else {
+        let backup = Backup::establish(t, &settings.channel, hello).map_err(handshake)?;
         ChannelSource::inline(backup, &settings.channel)
     };
     let stats = source.stats();
