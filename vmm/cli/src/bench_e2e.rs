@@ -126,6 +126,9 @@ fn kv_run(
     cfg.ops = a.ops;
     cfg.keys = 8;
     cfg.timeout = Duration::from_millis(500);
+    // Both VMs and the clients share this host's cores: a spinning client
+    // would take the core the backup replays on.
+    cfg.spin = false;
     let report = run_load(&cfg);
     let out = pair.stop();
     let report = report.context("kv load")?;
@@ -162,7 +165,12 @@ fn echo_load(server: SocketAddr, n: u64, bytes: usize, window: usize) -> anyhow:
     while received < n && start.elapsed() < Duration::from_secs(60) {
         while sent_at.len() < window && received + (sent_at.len() as u64) < n {
             buf[..8].copy_from_slice(&next.to_le_bytes());
-            sock.send_to(&buf, server)?;
+            loop {
+                match sock.send_to(&buf, server) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    r => break r.map(|_| ())?,
+                };
+            }
             sent_at.insert(next, Instant::now());
             next += 1;
         }
@@ -175,6 +183,9 @@ fn echo_load(server: SocketAddr, n: u64, bytes: usize, window: usize) -> anyhow:
                 }
             }
             Ok(_) => {}
+            // A signal aimed at another thread of this process (the VMM kicks
+            // its vCPU threads) may interrupt the wait: just wait again.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e)
                 if matches!(
                     e.kind(),
