@@ -12,24 +12,8 @@ use ftvm_kvproto::load::{LoadConfig, run_load};
 use ftvm_vmm::devices::net::{Nic, NicStats};
 use ftvm_vmm::{
     ConsoleTarget, LogFileReader, LogFileWriter, RunMode, RunOutcome, StopReason, Vm, VmConfig,
+    kvm_or_skip,
 };
-
-/// True if KVM is usable; otherwise prints the SKIP line (or fails when
-/// FTVM_REQUIRE contains "kvm").
-fn kvm_or_skip(test: &str) -> bool {
-    match ftvm_vmm::kvm_available() {
-        Ok(()) => true,
-        Err(why) => {
-            let required = std::env::var("FTVM_REQUIRE").is_ok_and(|v| v.contains("kvm"));
-            assert!(
-                !required,
-                "{test}: KVM required (FTVM_REQUIRE) but not accessible: {why}"
-            );
-            println!("SKIP {test}: /dev/kvm not accessible ({why})");
-            false
-        }
-    }
-}
 
 fn config(guest: &str) -> (VmConfig, Arc<Mutex<Vec<u8>>>) {
     let mut c = VmConfig::new(guest, &ftvm_tuning::VmmSettings::default()).expect("embedded guest");
