@@ -179,7 +179,7 @@ impl Backup {
                 };
                 work += n;
                 self.process_frames(now, &mut budget, &mut on_entry)?;
-                if n == 0 {
+                if n == 0 || self.link.rx.drained() {
                     break;
                 }
             }

@@ -223,7 +223,7 @@ impl Primary {
             };
             self.process_frames()?;
             total += n;
-            if n == 0 {
+            if n == 0 || self.link.rx.drained() {
                 break;
             }
         }

@@ -17,6 +17,8 @@ pub(crate) struct FrameReader {
     end: usize,
     /// Stream offset of `buf[start]`.
     offset: u64,
+    /// The last `fill` returned less than it asked for.
+    drained: bool,
 }
 
 /// A frame that failed to decode, with its stream offset.
@@ -33,6 +35,7 @@ impl FrameReader {
             start: 0,
             end: 0,
             offset: 0,
+            drained: false,
         }
     }
 
@@ -47,7 +50,15 @@ impl FrameReader {
         let want = (self.buf.len() - self.end).min(READ_CHUNK);
         let n = t.recv(&mut self.buf[self.end..self.end + want])?;
         self.end += n;
+        self.drained = n < want;
         Ok(n)
+    }
+
+    /// True when the last `fill` got less than it asked for: the transport
+    /// had nothing more at that moment, so another `recv` now would only
+    /// return nothing (a wasted system call on tcp).
+    pub fn drained(&self) -> bool {
+        self.drained
     }
 
     /// Bytes received but not yet decoded.
