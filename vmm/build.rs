@@ -17,6 +17,9 @@ fn main() {
     let guests = manifest.join("guests");
     println!("cargo:rerun-if-changed={}", guests.display());
     println!("cargo:rerun-if-changed=build.rs");
+    // Crates of the main workspace the guests build from (path dependencies).
+    println!("cargo:rerun-if-changed=abi");
+    println!("cargo:rerun-if-changed=kvproto/src");
 
     ensure_target();
 

@@ -67,18 +67,18 @@ pub fn write_tables(mem: &GuestMemory, cpl: u8, arg: u64) -> Result<(), GuestMem
     }
 
     let b = BOOT_INFO_ADDR;
-    mem.write_u64(b, BOOT_MAGIC)?;
-    mem.write_u32(b + 8, BOOT_VERSION)?;
-    mem.write_u32(b + 12, u32::from(cpl))?;
-    mem.write_u64(b + 16, mem.size())?;
-    mem.write_u64(b + 24, HEAP_START)?;
-    mem.write_u64(b + 32, mem.size() - HEAP_START)?;
-    mem.write_u64(b + 40, STACK_TOP)?;
-    mem.write_u64(b + 48, KERNEL_STACK_TOP)?;
-    mem.write_u64(b + 56, DEV_REGION)?;
-    mem.write_u64(b + 64, DEV_REGION_LEN)?;
-    mem.write_u64(b + 72, arg)?;
-    mem.write_u32(b + 80, TIMER_VECTOR)?;
+    mem.write_u64(b + boot_offset::MAGIC, BOOT_MAGIC)?;
+    mem.write_u32(b + boot_offset::VERSION, BOOT_VERSION)?;
+    mem.write_u32(b + boot_offset::CPL, u32::from(cpl))?;
+    mem.write_u64(b + boot_offset::MEM_BYTES, mem.size())?;
+    mem.write_u64(b + boot_offset::HEAP_START, HEAP_START)?;
+    mem.write_u64(b + boot_offset::HEAP_LEN, mem.size() - HEAP_START)?;
+    mem.write_u64(b + boot_offset::STACK_TOP, STACK_TOP)?;
+    mem.write_u64(b + boot_offset::KERNEL_STACK_TOP, KERNEL_STACK_TOP)?;
+    mem.write_u64(b + boot_offset::DEV_REGION, DEV_REGION)?;
+    mem.write_u64(b + boot_offset::DEV_REGION_LEN, DEV_REGION_LEN)?;
+    mem.write_u64(b + boot_offset::ARG, arg)?;
+    mem.write_u32(b + boot_offset::TIMER_VECTOR, TIMER_VECTOR)?;
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use crate::io::{IoDesc, outl};
 
 /// Fills `buf` with random bytes (one exit per 4 KiB).
 pub fn fill(buf: &mut [u8]) {
-    for chunk in buf.chunks_mut(MAX_RANDOM_LEN) {
+    for chunk in buf.chunks_mut(MAX_RANDOM_LEN as usize) {
         let d = IoDesc::of(chunk);
         outl(port::RANDOM, d.gpa());
         // The VMM wrote `chunk` during the exit; make the compiler reload it.
