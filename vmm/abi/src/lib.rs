@@ -173,26 +173,18 @@ pub mod boot_offset {
     pub const TIMER_VECTOR: u64 = offset_of!(BootInfo, timer_vector) as u64;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn boot_info_layout_is_the_documented_one() {
-        // docs/guest-abi.md: 96 bytes, the fields at these offsets.
-        assert_eq!(core::mem::size_of::<BootInfo>(), 96);
-        assert_eq!(boot_offset::VERSION, 8);
-        assert_eq!(boot_offset::CPL, 12);
-        assert_eq!(boot_offset::MEM_BYTES, 16);
-        assert_eq!(boot_offset::ARG, 72);
-        assert_eq!(boot_offset::TIMER_VECTOR, 80);
-    }
-
-    #[test]
-    fn regions_do_not_overlap() {
-        assert!(IMAGE_END <= STACK_TOP);
-        assert!(STACK_TOP <= DEV_REGION);
-        assert!(DEV_REGION + DEV_REGION_LEN <= HEAP_START);
-        assert!(u64::from(MIN_MEM_MIB) << 20 > HEAP_START);
-    }
-}
+// The layout holds at compile time: a change that breaks it does not build.
+const _: () = {
+    // docs/guest-abi.md: 96 bytes, the fields at these offsets.
+    assert!(core::mem::size_of::<BootInfo>() == 96);
+    assert!(boot_offset::VERSION == 8);
+    assert!(boot_offset::CPL == 12);
+    assert!(boot_offset::MEM_BYTES == 16);
+    assert!(boot_offset::ARG == 72);
+    assert!(boot_offset::TIMER_VECTOR == 80);
+    // The regions of the memory map do not overlap.
+    assert!(IMAGE_END <= STACK_TOP);
+    assert!(STACK_TOP <= DEV_REGION);
+    assert!(DEV_REGION + DEV_REGION_LEN <= HEAP_START);
+    assert!((MIN_MEM_MIB as u64) << 20 > HEAP_START);
+};
