@@ -384,11 +384,6 @@ impl Primary {
         Ok(n)
     }
 
-    /// Bytes committed to the ring and not yet handed to the transport.
-    pub fn unsent_bytes(&mut self) -> usize {
-        self.out.consumer.read().len() - self.out.partial
-    }
-
     /// Blocks up to `timeout` for the transport (park idle strategy).
     pub fn wait(&mut self, timeout: Duration) -> Result<(), ChannelError> {
         self.link

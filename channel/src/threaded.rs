@@ -118,7 +118,6 @@ pub type AckHook = Box<dyn FnMut(&PrimaryShared) + Send>;
 pub struct PrimaryHandle {
     shared: Arc<PrimaryShared>,
     stop: Arc<AtomicBool>,
-    done: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<PrimaryStats, ChannelError>>>,
 }
 
@@ -156,15 +155,20 @@ impl Primary {
         match rx.recv() {
             Ok(app) => Ok((handle, app)),
             // The thread ended before the handshake completed: its error says why.
-            Err(_) => Err(handle.join().err().unwrap_or_else(thread_failed)),
+            Err(_) => Err(handle
+                .join()
+                .err()
+                .unwrap_or_else(|| thread_failed("primary"))),
         }
     }
 }
 
-fn thread_failed() -> ChannelError {
+/// The error of a channel thread (`side`: primary or backup) that could not
+/// start or panicked.
+fn thread_failed(side: &str) -> ChannelError {
     ChannelError::Protocol {
         peer: String::new(),
-        what: "channel thread could not start or panicked".into(),
+        what: format!("{side} channel thread could not start or panicked"),
     }
 }
 
@@ -176,8 +180,7 @@ fn primary_thread(
 ) -> PrimaryHandle {
     let shared = Arc::new(PrimaryShared::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicBool::new(false));
-    let (sh, s, d) = (shared.clone(), stop.clone(), done.clone());
+    let (sh, s) = (shared.clone(), stop.clone());
     let mut idler = idler_for(settings);
     let core = settings.sender_core;
     let park = Duration::from_micros(settings.park_us);
@@ -205,16 +208,13 @@ fn primary_thread(
                 hook(&sh);
                 Ok(stats)
             })();
-            // Release: pairs with the Acquire in `is_finished`/`is_stopped`.
-            d.store(true, Ordering::Release);
-            sh.stopped.store(true, Ordering::Release);
+            sh.set_stopped();
             result
         })
         .ok();
     PrimaryHandle {
         shared,
         stop,
-        done,
         thread,
     }
 }
@@ -240,7 +240,7 @@ impl PrimaryHandle {
 
     /// True once the channel thread has stopped (error or finish).
     pub fn is_finished(&self) -> bool {
-        self.done.load(Ordering::Acquire) || self.thread.is_none()
+        self.shared.is_stopped() || self.thread.is_none()
     }
 
     /// Asks the thread to ship everything, wait for the last ACK, say goodbye; joins it.
@@ -253,10 +253,7 @@ impl PrimaryHandle {
     pub fn join(&mut self) -> Result<PrimaryStats, ChannelError> {
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(r)) => r,
-            _ => Err(ChannelError::Protocol {
-                peer: String::new(),
-                what: "primary channel thread could not start or panicked".into(),
-            }),
+            _ => Err(thread_failed("primary")),
         }
     }
 }
@@ -330,7 +327,10 @@ impl Backup {
         })?;
         match rx.recv() {
             Ok(()) => Ok((handle, feed)),
-            Err(_) => Err(handle.join().err().unwrap_or_else(thread_failed)),
+            Err(_) => Err(handle
+                .join()
+                .err()
+                .unwrap_or_else(|| thread_failed("backup"))),
         }
     }
 }
@@ -422,10 +422,7 @@ impl BackupHandle {
     pub fn join(&mut self) -> Result<BackupStats, ChannelError> {
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(r)) => r,
-            _ => Err(ChannelError::Protocol {
-                peer: String::new(),
-                what: "backup channel thread could not start or panicked".into(),
-            }),
+            _ => Err(thread_failed("backup")),
         }
     }
 }
