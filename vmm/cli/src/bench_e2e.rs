@@ -12,6 +12,7 @@ use ftvm_bench::{ChannelOptions, Latency, Machine, Report, Row, percentile_svg};
 use ftvm_ft::local::{LocalPair, PairOutcome, Protection};
 use ftvm_kvproto::load::{LoadConfig, LoadReport, run_load};
 use ftvm_tuning::{Settings, TransportKind};
+use ftvm_vmm::RunOutcome;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchE2eArgs {
@@ -54,7 +55,8 @@ fn transports(name: &str) -> anyhow::Result<Vec<TransportKind>> {
     })
 }
 
-fn protection(kind: TransportKind, tag: &str) -> Protection {
+/// A backup for `kind`: a free loopback port, or an shm name unique to this process.
+pub(crate) fn protection(kind: TransportKind, tag: &str) -> Protection {
     match kind {
         TransportKind::Shm => Protection::on(&format!("bench-{tag}-{}", std::process::id())),
         _ => Protection::on("127.0.0.1:0"),
@@ -93,17 +95,26 @@ struct Summary {
     lost: Option<u64>,
 }
 
-/// Checks the pair ended cleanly in the same state; returns (log Mbit/s, equal).
-fn pair_result(out: PairOutcome) -> anyhow::Result<(Option<f64>, Option<bool>)> {
+/// A pair run that ended cleanly: the primary's outcome, and for a
+/// protected run the logging bandwidth (the backup replayed to the same state).
+pub(crate) struct PairCheck {
+    /// The primary VM's run.
+    pub primary: RunOutcome,
+    /// Log Mbit/s over the primary's run (protected runs only).
+    pub log_mbit_s: Option<f64>,
+}
+
+/// Checks that both ends ran and that the backup ended in the primary's state.
+pub(crate) fn check_pair(out: PairOutcome) -> anyhow::Result<PairCheck> {
     let p = out.primary.map_err(anyhow::Error::msg).context("primary")?;
     let Some(b) = out.backup else {
-        return Ok((None, None));
+        return Ok(PairCheck {
+            primary: p,
+            log_mbit_s: None,
+        });
     };
     let b = b.map_err(anyhow::Error::msg).context("backup replay")?;
-    let bytes = out.channel.map_or(0, |c| c.entry_bytes_sent);
-    let mbit = bytes as f64 * 8.0 / p.elapsed.as_secs_f64().max(1e-9) / 1e6;
-    let equal = b.state == p.state && b.exits == p.exits;
-    if !equal {
+    if b.state != p.state || b.exits != p.exits {
         bail!(
             "the backup diverged: primary {:016x} at exit {}, backup {:016x} at exit {}",
             p.state.digest,
@@ -112,18 +123,26 @@ fn pair_result(out: PairOutcome) -> anyhow::Result<(Option<f64>, Option<bool>)> 
             b.exits
         );
     }
-    Ok((Some(mbit), Some(equal)))
+    let bytes = out.channel.map_or(0, |c| c.entry_bytes_sent);
+    let mbit = bytes as f64 * 8.0 / p.elapsed.as_secs_f64().max(1e-9) / 1e6;
+    Ok(PairCheck {
+        primary: p,
+        log_mbit_s: Some(mbit),
+    })
 }
 
-fn kv_run(
-    a: &BenchE2eArgs,
+/// Runs the kv guest (protected or not) under `clients` closed-loop clients
+/// for `ops` operations; fails on any verification error.
+pub(crate) fn kv_run(
     s: &Settings,
     protection: Protection,
+    clients: u32,
+    ops: u64,
 ) -> anyhow::Result<(LoadReport, PairOutcome)> {
     let pair = LocalPair::start("kv", s, protection).map_err(anyhow::Error::msg)?;
     let mut cfg = LoadConfig::new(pair.service);
-    cfg.clients = a.clients;
-    cfg.ops = a.ops;
+    cfg.clients = clients;
+    cfg.ops = ops;
     cfg.keys = 8;
     cfg.timeout = Duration::from_millis(500);
     // Both VMs and the clients share this host's cores: a spinning client
@@ -252,7 +271,7 @@ pub fn run(a: BenchE2eArgs, settings: &Settings) -> anyhow::Result<()> {
     let mut skipped = Vec::new();
 
     eprintln!("kv, unprotected ...");
-    let (base, _) = kv_run(&a, settings, Protection::Off)?;
+    let (base, _) = kv_run(settings, Protection::Off, a.clients, a.ops)?;
     let base_ops = base.ops_per_sec();
     let base_p50 = base.latency_us(0.5);
     rows.push(
@@ -321,14 +340,15 @@ pub fn run(a: BenchE2eArgs, settings: &Settings) -> anyhow::Result<()> {
             ));
         }
         eprintln!("{name}: kv with FT ...");
-        let (ft, out) = match kv_run(&a, &s, protection(kind, "kv")) {
+        let (ft, out) = match kv_run(&s, protection(kind, "kv"), a.clients, a.ops) {
             Ok(r) => r,
             Err(e) => {
                 skipped.push(format!("{name}: {e:#}"));
                 continue;
             }
         };
-        let (mbit, equal) = pair_result(out)?;
+        let checked = check_pair(out)?;
+        let (mbit, equal) = (checked.log_mbit_s, checked.log_mbit_s.map(|_| true));
         let p50 = ft.latency_us(0.5);
         let added = p50 - base_p50;
         rows.push(
@@ -358,7 +378,8 @@ pub fn run(a: BenchE2eArgs, settings: &Settings) -> anyhow::Result<()> {
         });
         eprintln!("{name}: echo with FT ...");
         let (e, out) = echo_run(&a, &s, protection(kind, "echo"))?;
-        let (mbit, equal) = pair_result(out)?;
+        let checked = check_pair(out)?;
+        let (mbit, equal) = (checked.log_mbit_s, checked.log_mbit_s.map(|_| true));
         rows.push(echo_row("echo-ft", name, &e));
         let mut sum = echo_summary(name.into(), &e, mbit, equal);
         sum.ratio_to_unprotected = Some(sum.ops_per_s / echo_base_pps);

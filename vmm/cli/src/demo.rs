@@ -9,14 +9,14 @@
 //! (the primary end) on two pinned threads, paced and flat out.
 
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use ftvm_channel::transport;
-use ftvm_ft::local::{LocalPair, PairOutcome, Protection};
-use ftvm_kvproto::load::{LoadConfig, LoadReport, run_load};
+use ftvm_ft::local::Protection;
 use ftvm_tuning::{Settings, TransportKind};
 
+use crate::bench_e2e::{check_pair, kv_run, protection};
 use crate::channel_cmd::{SourceOpts, SourceSummary, run_source, serve_sink};
 
 #[derive(Debug, clap::Args)]
@@ -70,29 +70,8 @@ pub fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<()> {
     channel_part(&args, settings)
 }
 
-/// One kv run: start the guest (protected or not), drive closed-loop load, stop.
-fn kv_run(
-    settings: &Settings,
-    protection: Protection,
-    ops: u64,
-) -> anyhow::Result<(LoadReport, PairOutcome)> {
-    let pair = LocalPair::start("kv", settings, protection).map_err(anyhow::Error::msg)?;
-    let mut cfg = LoadConfig::new(pair.service);
-    cfg.clients = 16;
-    cfg.ops = ops;
-    cfg.keys = 8;
-    cfg.timeout = Duration::from_millis(500);
-    // Both VMs and the clients share this host's cores: a spinning client
-    // would take the core the backup replays on.
-    cfg.spin = false;
-    let report = run_load(&cfg);
-    let out = pair.stop();
-    let report = report.context("client load")?;
-    if let Err(e) = &out.primary {
-        anyhow::bail!("primary: {e}");
-    }
-    Ok((report, out))
-}
+/// Closed-loop kv clients in the demo's pair runs.
+const CLIENTS: u32 = 16;
 
 fn pair_part(args: &DemoArgs, settings: &Settings) -> anyhow::Result<()> {
     println!(
@@ -108,36 +87,21 @@ fn pair_part(args: &DemoArgs, settings: &Settings) -> anyhow::Result<()> {
         "run", "ops/s", "p50 us", "p99 us", "p99.9 us", "retries", "log Mbit/s", "digests"
     );
     let mut rows = Vec::new();
-    let (off, _) = kv_run(settings, Protection::Off, args.ops)?;
+    let (off, _) = kv_run(settings, Protection::Off, CLIENTS, args.ops)?;
     rows.push(("FT off".to_string(), off, None, String::from("-")));
     for kind in [TransportKind::Tcp, TransportKind::Shm] {
         let mut s = settings.clone();
         s.channel.transport = kind;
-        let listen = match kind {
-            TransportKind::Shm => format!("demo-pair-{}", std::process::id()),
-            _ => "127.0.0.1:0".to_string(),
-        };
-        let (report, out) = kv_run(&s, Protection::on(&listen), args.ops)?;
-        let p = out.primary.map_err(anyhow::Error::msg)?;
-        let b = out
-            .backup
-            .context("protected run has a backup")?
-            .map_err(anyhow::Error::msg)
-            .context("backup replay")?;
-        let bytes = out.channel.map_or(0, |c| c.entry_bytes_sent);
-        let mbit = bytes as f64 * 8.0 / p.elapsed.as_secs_f64().max(1e-9) / 1e6;
-        let same = if b.state == p.state && b.exits == p.exits {
-            format!("equal {:016x} at exit {}", p.state.digest, p.exits)
-        } else {
-            anyhow::bail!(
-                "DIVERGED: primary {:016x} at exit {}, backup {:016x} at exit {}",
-                p.state.digest,
-                p.exits,
-                b.state.digest,
-                b.exits
-            );
-        };
-        rows.push((format!("FT on ({})", kind.name()), report, Some(mbit), same));
+        let (report, out) = kv_run(&s, protection(kind, "demo"), CLIENTS, args.ops)?;
+        let checked = check_pair(out)?;
+        let p = &checked.primary;
+        let same = format!("equal {:016x} at exit {}", p.state.digest, p.exits);
+        rows.push((
+            format!("FT on ({})", kind.name()),
+            report,
+            checked.log_mbit_s,
+            same,
+        ));
     }
     for (name, r, mbit, same) in &rows {
         println!(
