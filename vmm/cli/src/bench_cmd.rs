@@ -77,7 +77,11 @@ pub struct ChannelArgs {
     pub connect: Option<String>,
 }
 
-fn transports(arg: Option<&str>, settings: &Settings) -> anyhow::Result<Vec<TransportKind>> {
+/// The transports `--transport` names (`all`, or one), or the settings' one.
+pub(crate) fn transports(
+    arg: Option<&str>,
+    settings: &Settings,
+) -> anyhow::Result<Vec<TransportKind>> {
     Ok(match arg {
         None => vec![settings.channel.transport],
         Some("all") => vec![TransportKind::Tcp, TransportKind::Uring, TransportKind::Shm],

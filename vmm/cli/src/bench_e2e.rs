@@ -45,16 +45,6 @@ pub struct BenchE2eArgs {
     pub plot: Option<PathBuf>,
 }
 
-fn transports(name: &str) -> anyhow::Result<Vec<TransportKind>> {
-    Ok(match name {
-        "all" => vec![TransportKind::Tcp, TransportKind::Shm, TransportKind::Uring],
-        "tcp" => vec![TransportKind::Tcp],
-        "shm" => vec![TransportKind::Shm],
-        "uring" => vec![TransportKind::Uring],
-        other => bail!("--transport {other:?}: choose tcp, shm, uring or all"),
-    })
-}
-
 /// A backup for `kind`: a free loopback port, or an shm name unique to this process.
 pub(crate) fn protection(kind: TransportKind, tag: &str) -> Protection {
     match kind {
@@ -264,7 +254,7 @@ pub fn run(a: BenchE2eArgs, settings: &Settings) -> anyhow::Result<()> {
     if let Err(why) = ftvm_vmm::kvm_available() {
         bail!("ftvm bench e2e needs KVM: /dev/kvm not accessible ({why})");
     }
-    let kinds = transports(&a.transport)?;
+    let kinds = crate::bench_cmd::transports(Some(&a.transport), settings)?;
     let started = Instant::now();
     let mut rows = Vec::new();
     let mut summaries = Vec::new();

@@ -111,12 +111,10 @@ pub fn run(cmd: ChannelCommand, settings: &Settings) -> anyhow::Result<()> {
 pub fn with_transport(settings: &Settings, name: Option<&str>) -> anyhow::Result<Settings> {
     let mut s = settings.clone();
     if let Some(name) = name {
-        s.channel.transport = match name {
-            "tcp" => TransportKind::Tcp,
-            "shm" => TransportKind::Shm,
-            "uring" => TransportKind::Uring,
-            other => bail!("--transport {other:?}: choose tcp, shm or uring"),
-        };
+        s.channel.transport = TransportKind::ALL
+            .into_iter()
+            .find(|t| t.name() == name)
+            .with_context(|| format!("--transport {name:?}: choose tcp, shm or uring"))?;
     }
     Ok(s)
 }
