@@ -94,20 +94,9 @@ pub fn kvm_available() -> Result<(), String> {
 
 /// For tests that need KVM: true if it is usable; otherwise prints
 /// `SKIP <test>: /dev/kvm not accessible (...)` and returns false — or
-/// panics when the `FTVM_REQUIRE` list (comma-separated) names `kvm`, as CI
-/// sets it where KVM is known to exist.
+/// panics when `FTVM_REQUIRE` names `kvm` (see [`ftvm_testkit::require_or_skip`]).
 pub fn kvm_or_skip(test: &str) -> bool {
-    match kvm_available() {
-        Ok(()) => true,
-        Err(why) => {
-            let required = std::env::var("FTVM_REQUIRE")
-                .is_ok_and(|v| v.split(',').any(|r| r.trim() == "kvm"));
-            assert!(
-                !required,
-                "{test}: KVM required (FTVM_REQUIRE) but not accessible: {why}"
-            );
-            println!("SKIP {test}: /dev/kvm not accessible ({why})");
-            false
-        }
-    }
+    ftvm_testkit::require_or_skip(test, "kvm", || {
+        kvm_available().map_err(|why| format!("/dev/kvm not accessible ({why})"))
+    })
 }

@@ -1,0 +1,94 @@
+//! ftvm-testkit: the one helper every test uses when it needs hardware or a
+//! system service that a machine may lack (KVM, io_uring, etcd, network
+//! namespaces, `dig`, ...).
+//!
+//! Contract: [`require_or_skip`] runs the probe; when it fails the test prints
+//! `SKIP <test>: <reason>` and should return early — unless the comma-separated
+//! `FTVM_REQUIRE` environment variable names the resource, in which case the
+//! test fails instead (CI sets it for what its machines are known to have, so
+//! a skip there is a defect, not a pass).
+//!
+//! ```
+//! use ftvm_testkit::{command_on_path, require_or_skip};
+//!
+//! if !require_or_skip("my_test", "sh", || command_on_path("sh")) {
+//!     return; // printed: SKIP my_test: ...
+//! }
+//! ```
+
+use std::path::PathBuf;
+
+/// The resources `FTVM_REQUIRE` lists (trimmed, empty entries dropped).
+pub fn required_resources() -> Vec<String> {
+    std::env::var("FTVM_REQUIRE")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// True when `FTVM_REQUIRE` names `resource`.
+pub fn is_required(resource: &str) -> bool {
+    required_resources().iter().any(|r| r == resource)
+}
+
+/// Runs `probe` for `resource`. `Ok`: returns true (run the test). `Err(why)`:
+/// prints `SKIP <test>: <why>` and returns false — or panics naming the test,
+/// the resource and why, when `FTVM_REQUIRE` names `resource`.
+pub fn require_or_skip(
+    test: &str,
+    resource: &str,
+    probe: impl FnOnce() -> Result<(), String>,
+) -> bool {
+    match probe() {
+        Ok(()) => true,
+        Err(why) => {
+            assert!(
+                !is_required(resource),
+                "{test}: FTVM_REQUIRE names {resource}, but it is not usable here: {why}"
+            );
+            println!("SKIP {test}: {why}");
+            false
+        }
+    }
+}
+
+/// The full path of `cmd` if an executable of that name is on `PATH`;
+/// `Err` says `<cmd> not installed (not on PATH)`.
+pub fn command_on_path(cmd: &str) -> Result<(), String> {
+    find_command(cmd)
+        .map(|_| ())
+        .ok_or_else(|| format!("{cmd} not installed (not on PATH)"))
+}
+
+/// Where `cmd` is on `PATH`, if anywhere (also the usual sbin directories,
+/// which a non-login root shell may leave out).
+pub fn find_command(cmd: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|d| d.join(cmd))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_probe_skips_and_a_good_one_runs() {
+        // No test here sets FTVM_REQUIRE to this made-up resource.
+        assert!(!require_or_skip("t", "no-such-resource-xyz", || Err(
+            "absent".into()
+        )));
+        assert!(require_or_skip("t", "no-such-resource-xyz", || Ok(())));
+        assert!(command_on_path("sh").is_ok());
+        let e = command_on_path("no-such-command-xyz").unwrap_err();
+        assert_eq!(e, "no-such-command-xyz not installed (not on PATH)");
+    }
+}
