@@ -15,6 +15,10 @@
 //!     return; // printed: SKIP my_test: ...
 //! }
 //! ```
+//!
+//! Services: [`etcd::Etcd`] runs a real etcd for a test.
+
+pub mod etcd;
 
 use std::path::PathBuf;
 
