@@ -154,11 +154,13 @@ impl FileArbiter {
         }
     }
 
-    /// The one line of a record file, checked with `valid`; `None` if the
-    /// file does not exist (nor its directory).
+    /// The one line of a record file, checked with `valid` (`what` it
+    /// holds, for the message); `None` if the file does not exist (nor its
+    /// directory).
     fn read_line(
         &self,
         path: &Path,
+        what: &str,
         valid: fn(&str) -> Result<(), ArbiterError>,
     ) -> Result<Option<String>, ArbiterError> {
         let bytes = match fs::read(path) {
@@ -175,7 +177,7 @@ impl FileArbiter {
             None => Err(self.corrupt(
                 path,
                 format!(
-                    "expected one line holding a valid value, found {} ({} bytes)",
+                    "expected one line ending in a newline, holding {what}; found {} ({} bytes)",
                     excerpt(&String::from_utf8_lossy(&bytes)),
                     bytes.len()
                 ),
@@ -247,7 +249,7 @@ impl Arbiter for FileArbiter {
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 self.sync_dir(&vm_dir)?;
-                match self.read_line(&target, names::check_candidate)? {
+                match self.read_line(&target, "a candidate", names::check_candidate)? {
                     Some(holder) if holder == candidate => Ok(Decision::Won),
                     Some(holder) => Ok(Decision::Lost { holder }),
                     None => Err(self.corrupt(
@@ -263,7 +265,11 @@ impl Arbiter for FileArbiter {
     fn holder(&self, vm: &str, generation: u64) -> Result<Option<String>, ArbiterError> {
         names::check_vm(vm)?;
         names::check_generation(generation)?;
-        self.read_line(&self.gen_path(vm, generation), names::check_candidate)
+        self.read_line(
+            &self.gen_path(vm, generation),
+            "a candidate",
+            names::check_candidate,
+        )
     }
 
     fn latest(&self, vm: &str) -> Result<Option<(u64, String)>, ArbiterError> {
@@ -286,7 +292,7 @@ impl Arbiter for FileArbiter {
         let Some((n, path)) = best else {
             return Ok(None);
         };
-        match self.read_line(&path, names::check_candidate)? {
+        match self.read_line(&path, "a candidate", names::check_candidate)? {
             Some(holder) => Ok(Some((n, holder))),
             None => Err(self.corrupt(&path, "listed, then gone (deleted by hand?)".into())),
         }
@@ -324,7 +330,7 @@ impl Arbiter for FileArbiter {
                 continue;
             };
             // Unregistered between the listing and the read: not a spare any more.
-            let Some(addr) = self.read_line(&path, names::check_spare)? else {
+            let Some(addr) = self.read_line(&path, "a spare address", names::check_spare)? else {
                 continue;
             };
             if names::encode_spare(&addr) != encoded {
