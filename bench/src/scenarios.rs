@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use ftvm_channel::transport::{Transport, TransportError};
-use ftvm_channel::{AppendError, Appender, Backup, HelloParams, OutputGate, Primary, idler_for};
+use ftvm_channel::{AckGate, AppendError, Appender, Backup, HelloParams, Primary, idler_for};
 use ftvm_tuning::Settings;
 use ftvm_wire::control::Ack;
 use ftvm_wire::{Kind, frame_len};
@@ -87,7 +87,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "output-rule",
-        about: "closed loop: append one OUTPUT entry, latency until the OutputGate releases it",
+        about: "closed loop: append one OUTPUT entry, latency until the AckGate releases it",
         code: 3,
         source: output_rule_source,
         sink: backup_sink,
@@ -384,8 +384,9 @@ fn stream_sink(_: &Settings, p: Params, mut t: Box<dyn Transport>) -> Result<()>
 fn hello(settings: &Settings, next_seq: u64) -> HelloParams {
     HelloParams {
         settings_fingerprint: settings.fingerprint(),
-        image_digest: 0,
+        settings_text: settings.fingerprint_text(),
         next_seq,
+        ..HelloParams::default()
     }
 }
 
@@ -409,7 +410,7 @@ fn append(
 }
 
 /// Ships the rest and says goodbye.
-fn finish(p: Primary, settings: &Settings) -> Result<()> {
+fn finish(mut p: Primary, settings: &Settings) -> Result<()> {
     p.finish(Duration::from_millis(
         settings.channel.peer_timeout_ms.max(2000),
     ))?;
@@ -424,7 +425,7 @@ fn output_rule_source(
 ) -> Result<Outcome> {
     let (mut primary, mut app) = Primary::establish(t, &s.channel, hello(s, 1))?;
     let payload = vec![0x11u8; p.payload];
-    let mut gate = OutputGate::<Instant>::new();
+    let mut gate = AckGate::<Instant>::new();
     let mut hist = Latency::new();
     let warm = warmup(p.count);
     let started = Instant::now();
@@ -465,7 +466,7 @@ fn mixed_source(
     ensure!(p.rate > 0, "mixed: --rate must be > 0 entries/s");
     let (mut primary, mut app) = Primary::establish(t, &s.channel, hello(s, 1))?;
     let payload = vec![0x22u8; p.payload];
-    let mut gate = OutputGate::<Instant>::new();
+    let mut gate = AckGate::<Instant>::new();
     let mut hist = Latency::new();
     let group = u64::from(p.output_every) + 1;
     let interval = Duration::from_secs_f64(1.0 / p.rate as f64);

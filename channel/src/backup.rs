@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ftvm_tuning::ChannelSettings;
 use ftvm_wire::Frame;
-use ftvm_wire::control::{Ack, Control, Goodbye, Role, Tick};
+use ftvm_wire::control::{Ack, Control, Goodbye, Hello, Role, Stop, StopCause, Tick};
 
 use crate::error::ChannelError;
 use crate::link::{HelloParams, Link, LinkStats};
@@ -51,6 +51,14 @@ pub struct Backup {
     last_ack_at: Instant,
     ended: bool,
     stats: BackupStats,
+    /// `time_ns` of the newest primary tick (echoed to renew its ACK lease).
+    echo_ns: u64,
+    /// A primary tick arrived: echo it at once.
+    echo_now: bool,
+    /// The primary's released-through watermark.
+    released_seq: u64,
+    /// The primary's Hello (VM name, generation, guest).
+    peer_hello: Hello,
 }
 
 impl Backup {
@@ -65,6 +73,7 @@ impl Backup {
         let timeout = Duration::from_millis(settings.peer_timeout_ms);
         let theirs = link.handshake(Role::Backup, params, timeout)?;
         let first = theirs.next_seq.max(1);
+        let released_seq = first - 1;
         Ok(Backup {
             link,
             expected_seq: first,
@@ -76,6 +85,7 @@ impl Backup {
                 acked_seq: first - 1,
                 replayed_seq: first - 1,
                 replay_ordinal: 0,
+                echo_ns: 0,
             },
             replayed_seq: first - 1,
             replay_ordinal: 0,
@@ -87,7 +97,55 @@ impl Backup {
             last_ack_at: Instant::now(),
             ended: false,
             stats: BackupStats::default(),
+            echo_ns: 0,
+            echo_now: false,
+            released_seq,
+            peer_hello: theirs,
         })
+    }
+
+    /// The primary's Hello: the VM name and generation the pair runs at.
+    pub fn peer_hello(&self) -> &Hello {
+        &self.peer_hello
+    }
+
+    /// The primary's released-through watermark: every output whose entry
+    /// has a seq up to it has left the primary (sent, or written to disk).
+    pub fn released_seq(&self) -> u64 {
+        self.released_seq
+    }
+
+    /// This backup stops replaying: tells the primary why (a Stop frame,
+    /// sent within `wait`) so that it treats the backup as lost at once
+    /// rather than waiting for a timeout; then the connection is done. A
+    /// dead primary makes this a no-op.
+    pub fn stop(&mut self, cause: StopCause, reason: &str, wait: Duration) {
+        if self.ended {
+            return;
+        }
+        self.link.queue(Control::Stop(Stop {
+            last_seq: self.replayed_seq,
+            cause,
+            reason: reason.to_owned(),
+        }));
+        let start = Instant::now();
+        while self.link.control_pending() && start.elapsed() < wait {
+            match self.link.flush_control(Instant::now()) {
+                Ok(0) => {
+                    let _ = self.link.wait(true, Duration::from_millis(1));
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        // Bytes accepted by a transport with an internal queue (io_uring)
+        // still need a push.
+        while self.link.t.pending_send() > 0 && start.elapsed() < wait {
+            if self.link.t.progress().is_err() {
+                break;
+            }
+        }
+        self.ended = true;
     }
 
     /// Highest entry seq received and validated.
@@ -185,13 +243,14 @@ impl Backup {
             }
         }
         self.maybe_ack(now);
-        if now.saturating_duration_since(self.link.last_tx) >= self.tick_interval
+        if (self.echo_now || now.saturating_duration_since(self.link.last_tx) >= self.tick_interval)
             && !self.link.control_pending()
         {
             self.link.queue(Control::Tick(Tick {
                 last_seq: self.acked.acked_seq,
-                time_ns: 0,
+                time_ns: self.echo_ns,
             }));
+            self.echo_now = false;
         }
         match self.link.flush_control(now) {
             Ok(n) => work += n,
@@ -245,7 +304,25 @@ impl Backup {
             if h.kind.is_control() {
                 self.stats.link.control_in += 1;
                 match Control::parse(h.kind, frame.payload) {
-                    Some(Ok(Control::Tick(_))) => {}
+                    Some(Ok(Control::Tick(t))) => {
+                        if t.time_ns > self.echo_ns {
+                            self.echo_ns = t.time_ns;
+                            self.echo_now = true;
+                        }
+                    }
+                    Some(Ok(Control::Released(r))) => {
+                        if r.released_seq > expected - 1 {
+                            return Err(ChannelError::Protocol {
+                                peer: self.link.peer.clone(),
+                                what: format!(
+                                    "released watermark seq {} at stream offset {offset} is beyond the last seq received {}",
+                                    r.released_seq,
+                                    expected - 1
+                                ),
+                            });
+                        }
+                        self.released_seq = self.released_seq.max(r.released_seq);
+                    }
                     Some(Ok(Control::Goodbye(g))) => {
                         if g.last_seq != expected - 1 {
                             return Err(ChannelError::Protocol {
@@ -327,6 +404,7 @@ impl Backup {
             acked_seq: received,
             replayed_seq: self.replayed_seq,
             replay_ordinal: self.replay_ordinal,
+            echo_ns: self.echo_ns,
         };
         self.link.queue(Control::Ack(self.acked));
         self.stats.acks += 1;

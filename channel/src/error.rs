@@ -90,6 +90,19 @@ pub enum ChannelError {
         /// Highest entry seq received.
         last_received: u64,
     },
+    /// The backup stopped replaying and said so (divergence, a stop
+    /// request, an error): it will ACK nothing more.
+    #[error("backup {peer} stopped replaying ({cause}) after seq {last_seq}; its reason: {reason}")]
+    PeerStopped {
+        /// Peer address.
+        peer: String,
+        /// Why, in a word.
+        cause: &'static str,
+        /// Highest seq it replayed.
+        last_seq: u64,
+        /// The backup's own message.
+        reason: String,
+    },
     /// The capture file could not be written.
     #[error("writing the capture file: {0}")]
     Capture(std::io::Error),

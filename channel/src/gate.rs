@@ -2,7 +2,7 @@
 //! ACKed the log entry that records it.
 //!
 //! The guest never waits for the ACK: outputs queue here while the vCPU runs
-//! on, and [`OutputGate::release`] hands them to the outside world, in order,
+//! on, and [`AckGate::release`] hands them to the outside world, in order,
 //! once the cumulative ACK covers their sequence number.
 
 use std::collections::VecDeque;
@@ -19,23 +19,23 @@ pub struct HoldError {
 
 /// Outputs waiting for the backup's ACK, in sequence order.
 #[derive(Debug)]
-pub struct OutputGate<T> {
+pub struct AckGate<T> {
     held: VecDeque<(u64, T)>,
     last_held: u64,
     acked: u64,
     released: u64,
 }
 
-impl<T> Default for OutputGate<T> {
+impl<T> Default for AckGate<T> {
     fn default() -> Self {
-        OutputGate::new()
+        AckGate::new()
     }
 }
 
-impl<T> OutputGate<T> {
+impl<T> AckGate<T> {
     /// An empty gate.
-    pub fn new() -> OutputGate<T> {
-        OutputGate {
+    pub fn new() -> AckGate<T> {
+        AckGate {
             held: VecDeque::new(),
             last_held: 0,
             acked: 0,
@@ -110,7 +110,7 @@ mod tests {
     fn never_releases_before_the_covering_ack() {
         let mut rng = StdRng::seed_from_u64(7);
         for _round in 0..200 {
-            let mut gate = OutputGate::new();
+            let mut gate = AckGate::new();
             let mut seq = 0u64;
             let mut outputs = Vec::new();
             for _ in 0..rng.random_range(1..200) {
@@ -145,7 +145,7 @@ mod tests {
 
     #[test]
     fn hold_refuses_non_increasing_seq() {
-        let mut gate = OutputGate::new();
+        let mut gate = AckGate::new();
         gate.hold(5, ()).unwrap();
         assert_eq!(gate.hold(5, ()), Err(HoldError { seq: 5, last: 5 }));
         assert!(gate.hold(3, ()).is_err());

@@ -3,7 +3,7 @@
 //! Contract: every log entry appended on the primary reaches the backup's
 //! `on_entry` exactly once, in sequence order, CRC-checked; nothing from a
 //! corrupt, truncated, oversized or out-of-sequence frame on is delivered; an
-//! output is released by the [`OutputGate`] only once the backup's cumulative
+//! output is released by the [`AckGate`] only once the backup's cumulative
 //! ACK covers its entry; a silent peer is reported within `peer_timeout_ms`.
 //! The normative wire format is `docs/protocol.md` (crate `ftvm-wire`).
 //!
@@ -23,7 +23,7 @@
 //! 4. [`Backup::poll`] validates frames and sequence continuity, hands each
 //!    entry to the caller, and ACKs at once for an OUTPUT entry, else every
 //!    `ack_every` entries or `ack_delay_us`; ACKs carry the replay position.
-//! 5. The primary's [`OutputGate`] releases held outputs in order once
+//! 5. The primary's [`AckGate`] releases held outputs in order once
 //!    [`Primary::acked_seq`] covers them.
 //! 6. Optionally each end runs on its own pinned thread ([`Primary::spawn`],
 //!    [`Backup::spawn`]); the recording/replaying thread then talks to it
@@ -42,9 +42,10 @@ pub mod transport;
 pub use appender::{AppendError, Appender, EntryClaim};
 pub use backup::{Backup, BackupStats};
 pub use error::ChannelError;
-pub use gate::{HoldError, OutputGate};
+pub use gate::{AckGate, HoldError};
 pub use link::{HelloParams, LinkStats};
-pub use primary::{Primary, PrimaryStats};
+pub use primary::{Primary, PrimaryStats, RECEIVE_EVERY, lease_margin};
 pub use threaded::{
-    AckHook, BackupHandle, PrimaryHandle, PrimaryShared, ReplayFeed, idler_for, pin_current_thread,
+    BackupHandle, PrimaryHandle, PrimaryShared, ReplayFeed, STOP_SEND_WAIT, idler_for,
+    pin_current_thread,
 };

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use ftvm_wire::control::{Control, Hello, MAX_CONTROL_FRAME_LEN, Role};
+use ftvm_wire::control::{Control, Hello, Role};
 use ftvm_wire::{Kind, VERSION};
 
 use crate::error::ChannelError;
@@ -12,14 +12,25 @@ use crate::rx::FrameReader;
 use crate::transport::{Interest, Transport, TransportError};
 
 /// What a side announces in its Hello.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HelloParams {
     /// Fingerprint of the settings both ends must share (`Settings::fingerprint`).
     pub settings_fingerprint: u64,
+    /// The text behind the fingerprint (`Settings::fingerprint_text`), so a
+    /// mismatch names the keys that differ; empty for tools that have none.
+    pub settings_text: String,
     /// Digest of the guest image (0 for channel tools).
     pub image_digest: u64,
     /// Primary: seq of its first entry. Backup: seq it expects, or 0 to adopt the primary's.
     pub next_seq: u64,
+    /// Primary: the generation the pair runs at. Backup: 0 (it adopts the primary's).
+    pub generation: u64,
+    /// Name of the protected VM. Backup: empty to adopt the primary's.
+    pub vm: String,
+    /// Guest name (`--guest`); empty for channel tools.
+    pub guest: String,
+    /// Guest argument (`--arg`).
+    pub guest_arg: u64,
 }
 
 /// Traffic counters of one connection.
@@ -56,7 +67,7 @@ impl Link {
             peer: t.peer(),
             t,
             rx: FrameReader::new(),
-            ctrl: Vec::with_capacity(4 * MAX_CONTROL_FRAME_LEN),
+            ctrl: Vec::with_capacity(4096),
             ctrl_sent: 0,
             last_rx: now,
             last_tx: now,
@@ -66,11 +77,12 @@ impl Link {
 
     /// Queues a control frame; it leaves with the next `flush_control`.
     pub fn queue(&mut self, c: Control) {
-        let at = self.ctrl.len();
-        self.ctrl.resize(at + MAX_CONTROL_FRAME_LEN, 0);
-        // Control payloads are fixed-size; encoding into a maximum-size slot cannot fail.
-        let n = c.encode(&mut self.ctrl[at..]).unwrap_or(0);
-        self.ctrl.truncate(at + n);
+        // Our own frames are built within their limits (names and texts are
+        // checked before a Hello is made, reasons are cut to length), so
+        // encoding cannot fail; a frame that did would simply not be queued.
+        if let Ok(frame) = c.to_frame() {
+            self.ctrl.extend_from_slice(&frame);
+        }
         if c.kind() == Kind::Tick {
             self.stats.ticks_out += 1;
         }
@@ -150,8 +162,19 @@ impl Link {
             settings_fingerprint: ours.settings_fingerprint,
             image_digest: ours.image_digest,
             next_seq: ours.next_seq,
+            generation: ours.generation,
+            guest_arg: ours.guest_arg,
+            vm: ours.vm,
+            guest: ours.guest,
+            settings: ours.settings_text,
         };
-        self.queue(Control::Hello(hello));
+        if let Err(e) = hello.to_bytes() {
+            return Err(ChannelError::Handshake {
+                peer: self.peer.clone(),
+                what: format!("our own hello cannot be sent: {e}"),
+            });
+        }
+        self.queue(Control::Hello(hello.clone()));
         let start = Instant::now();
         let refuse = |peer: &str, what: String| ChannelError::Handshake {
             peer: peer.to_string(),
@@ -232,17 +255,32 @@ fn check_hello(peer: &str, ours: &Hello, theirs: &Hello) -> Result<(), ChannelEr
     if theirs.role == ours.role {
         return refuse(format!("both ends are {:?}", ours.role));
     }
-    if theirs.settings_fingerprint != ours.settings_fingerprint {
+    if theirs.guest != ours.guest {
         return refuse(format!(
-            "settings fingerprint differs: peer {:#018x}, ours {:#018x} (the [vmm] settings or channel.transport differ)",
-            theirs.settings_fingerprint, ours.settings_fingerprint
+            "guest differs: peer runs {:?}, ours {:?}",
+            theirs.guest, ours.guest
+        ));
+    }
+    if theirs.guest_arg != ours.guest_arg {
+        return refuse(format!(
+            "guest argument differs: peer --arg {}, ours --arg {}",
+            theirs.guest_arg, ours.guest_arg
         ));
     }
     if theirs.image_digest != ours.image_digest {
         return refuse(format!(
-            "guest image differs: peer {:#018x}, ours {:#018x}",
-            theirs.image_digest, ours.image_digest
+            "guest image differs: peer {:#018x}, ours {:#018x} (another build of guest {:?})",
+            theirs.image_digest, ours.image_digest, ours.guest
         ));
+    }
+    if !theirs.vm.is_empty() && !ours.vm.is_empty() && theirs.vm != ours.vm {
+        return refuse(format!(
+            "VM name differs: peer protects {:?}, ours {:?}",
+            theirs.vm, ours.vm
+        ));
+    }
+    if theirs.settings_fingerprint != ours.settings_fingerprint {
+        return refuse(settings_mismatch(ours, theirs));
     }
     if ours.role == Role::Primary && theirs.next_seq != 0 && theirs.next_seq != ours.next_seq {
         return refuse(format!(
@@ -251,4 +289,34 @@ fn check_hello(peer: &str, ours: &Hello, theirs: &Hello) -> Result<(), ChannelEr
         ));
     }
     Ok(())
+}
+
+/// Names the settings keys that differ between two Hellos' settings texts
+/// (`key=value` lines), or both fingerprints when a text is missing.
+fn settings_mismatch(ours: &Hello, theirs: &Hello) -> String {
+    fn pairs(text: &str) -> Vec<(&str, &str)> {
+        text.lines().filter_map(|l| l.split_once('=')).collect()
+    }
+    let (mine, peer) = (pairs(&ours.settings), pairs(&theirs.settings));
+    let mut diffs = Vec::new();
+    for (k, v) in &mine {
+        match peer.iter().find(|(pk, _)| pk == k) {
+            Some((_, pv)) if pv != v => diffs.push(format!("{k} (peer {pv}, ours {v})")),
+            None => diffs.push(format!("{k} (peer: not set, ours {v})")),
+            _ => {}
+        }
+    }
+    for (k, v) in &peer {
+        if !mine.iter().any(|(mk, _)| mk == k) {
+            diffs.push(format!("{k} (peer {v}, ours: not set)"));
+        }
+    }
+    if diffs.is_empty() {
+        format!(
+            "settings fingerprint differs: peer {:#018x}, ours {:#018x} (the [vmm] settings or channel.transport differ)",
+            theirs.settings_fingerprint, ours.settings_fingerprint
+        )
+    } else {
+        format!("settings both ends must share differ: {}", diffs.join(", "))
+    }
 }

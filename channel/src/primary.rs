@@ -4,13 +4,26 @@
 //! Flush policy (ARCHITECTURE "The logging channel"): everything committed
 //! leaves in one `send` at once when it holds an OUTPUT entry; otherwise when
 //! `batch_bytes` are pending or the oldest unsent entry is `max_delay_us` old.
+//!
+//! # The ACK lease (fencing)
+//!
+//! A backup declares the primary lost only after `peer_timeout_ms` without
+//! receiving anything. So an ACK proving that the backup received a frame the
+//! primary sent at time `t` also proves the backup cannot have gone live
+//! before `t + peer_timeout`. [`Primary::lease_valid`] is true while
+//! `now < t + peer_timeout - margin` for the newest such `t` (entries proved
+//! by `acked_seq`, ticks proved by the echo in the backup's ACKs and ticks).
+//! A primary that was paused past that point — SIGSTOP, a frozen host — wakes
+//! with a lapsed lease and must not release an output on an ACK it holds:
+//! the backup may be live by now (docs/failover.md).
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use ftvm_ring::log::Consumer;
 use ftvm_tuning::ChannelSettings;
-use ftvm_wire::control::{Ack, Control, Goodbye, Role, Tick};
+use ftvm_wire::control::{Ack, Control, Goodbye, Released, Role, Tick};
 use ftvm_wire::raw;
 
 use crate::appender::Appender;
@@ -63,6 +76,34 @@ pub struct Primary {
     stats: PrimaryStats,
     peer_goodbye: bool,
     capture: Option<Capture>,
+    /// Start of this connection's clock (tick `time_ns`).
+    epoch: Instant,
+    /// Send times of shipped entries: (last seq of a send, when), oldest first.
+    sends: VecDeque<(u64, Instant)>,
+    /// Send time of the newest frame the backup proved it received.
+    proved_sent_at: Option<Instant>,
+    /// How long a proof stays good: `peer_timeout - margin`.
+    lease: Duration,
+    /// Released-through watermark to report, and the last one reported.
+    released: u64,
+    released_sent: u64,
+    released_sent_at: Instant,
+    /// The VM name the backup's Hello gave (empty: it adopted ours).
+    peer_vm: String,
+    /// Start of the last full poll.
+    last_poll: Instant,
+}
+
+/// [`Primary::poll_exit`] receives at most this often.
+pub const RECEIVE_EVERY: Duration = Duration::from_micros(50);
+
+/// Shortest gap between two `Released` watermark frames.
+const RELEASED_EVERY: Duration = Duration::from_millis(1);
+
+/// The lease's safety margin: covers clock-rate differences between the two
+/// hosts and the time from the check to the release.
+pub fn lease_margin(peer_timeout: Duration) -> Duration {
+    Duration::from_millis(5) + peer_timeout / 10
 }
 
 /// The capture sink (a newtype so `Primary` stays `Debug`).
@@ -85,9 +126,24 @@ impl Primary {
     ) -> Result<(Primary, Appender), ChannelError> {
         let (producer, consumer) = ftvm_ring::log::with_capacity(settings.ring_bytes)?;
         let first_seq = params.next_seq.max(1);
+        let primary = Primary::establish_on(transport, settings, params, consumer)?;
+        Ok((primary, Appender::new(producer, first_seq)))
+    }
+
+    /// [`Primary::establish`] over an existing log ring (whose consumer was
+    /// given back by [`Primary::into_consumer`]): a new backup joins a log
+    /// that goes on. `params.next_seq` is the seq of the next record the ring
+    /// will hold; the ring must hold nothing unsent.
+    pub fn establish_on(
+        transport: Box<dyn Transport>,
+        settings: &ChannelSettings,
+        params: HelloParams,
+        consumer: Consumer,
+    ) -> Result<Primary, ChannelError> {
+        let first_seq = params.next_seq.max(1);
         let mut link = Link::new(transport);
         let timeout = Duration::from_millis(settings.peer_timeout_ms);
-        link.handshake(
+        let peer = link.handshake(
             Role::Primary,
             HelloParams {
                 next_seq: first_seq,
@@ -95,7 +151,8 @@ impl Primary {
             },
             timeout,
         )?;
-        let primary = Primary {
+        let now = Instant::now();
+        Ok(Primary {
             link,
             out: Outbox {
                 consumer,
@@ -114,12 +171,67 @@ impl Primary {
                 acked_seq: first_seq - 1,
                 replayed_seq: first_seq - 1,
                 replay_ordinal: 0,
+                echo_ns: 0,
             },
             stats: PrimaryStats::default(),
             peer_goodbye: false,
             capture: None,
-        };
-        Ok((primary, Appender::new(producer, first_seq)))
+            epoch: now,
+            sends: VecDeque::new(),
+            // The handshake itself proves the backup heard us just now.
+            proved_sent_at: Some(now),
+            lease: timeout.saturating_sub(lease_margin(timeout)),
+            released: first_seq - 1,
+            released_sent: first_seq - 1,
+            released_sent_at: now,
+            peer_vm: peer.vm,
+            last_poll: now,
+        })
+    }
+
+    /// The connection is over (the backup is lost): gives back the log
+    /// ring's consumer so that whoever drives the log goes on draining it
+    /// (an unprotected primary discards entries) or hands it to the next
+    /// backup ([`Primary::establish_on`]).
+    pub fn into_consumer(self) -> Consumer {
+        self.out.consumer
+    }
+
+    /// True while an ACK may release an output: the newest frame the backup
+    /// proved it received was sent less than `peer_timeout - margin` ago
+    /// (module doc, "The ACK lease").
+    pub fn lease_valid(&self, now: Instant) -> bool {
+        self.proved_sent_at
+            .is_some_and(|t| now.saturating_duration_since(t) < self.lease)
+    }
+
+    /// Records the released-through watermark; the backup hears of it in a
+    /// `Released` frame (at most one per millisecond, and before goodbye).
+    pub fn report_released(&mut self, seq: u64) {
+        self.released = self.released.max(seq);
+    }
+
+    /// The VM name the backup's Hello named (empty when it adopted ours).
+    pub fn peer_vm(&self) -> &str {
+        &self.peer_vm
+    }
+
+    fn tick_time_ns(&self, now: Instant) -> u64 {
+        // Never 0: 0 means "no tick" in the backup's echo.
+        now.saturating_duration_since(self.epoch).as_nanos() as u64 + 1
+    }
+
+    /// The backup proved it received what we sent at `at`.
+    fn proved(&mut self, at: Instant) {
+        if self.proved_sent_at.is_none_or(|t| at > t) {
+            self.proved_sent_at = Some(at);
+        }
+    }
+
+    fn proved_echo(&mut self, echo_ns: u64) {
+        if echo_ns > 0 {
+            self.proved(self.epoch + Duration::from_nanos(echo_ns - 1));
+        }
     }
 
     /// Writes every entry byte exactly as shipped to `w`, after a log-file
@@ -174,10 +286,24 @@ impl Primary {
         }
     }
 
+    /// The cheap round for the end of a guest exit (inline mode): ships
+    /// what the flush policy says is due — at once when an OUTPUT entry
+    /// waits — and does a whole [`Primary::poll`] (ACKs, ticks, liveness)
+    /// only when the last one is [`RECEIVE_EVERY`] old, so an exit costs no
+    /// system call when there is nothing to send.
+    pub fn poll_exit(&mut self) -> Result<usize, ChannelError> {
+        let now = Instant::now();
+        if now.saturating_duration_since(self.last_poll) >= RECEIVE_EVERY {
+            return self.poll();
+        }
+        self.ship(now, false)
+    }
+
     /// One round of work: take ACKs, ship entries per the flush policy, tick,
     /// check liveness. Returns the amount of work done (0: idle round).
     pub fn poll(&mut self) -> Result<usize, ChannelError> {
         let now = Instant::now();
+        self.last_poll = now;
         let mut work = self.receive(now)?;
         work += self.ship(now, false)?;
         if now.saturating_duration_since(self.link.last_tx) >= self.tick_interval
@@ -186,8 +312,14 @@ impl Primary {
         {
             self.link.queue(Control::Tick(Tick {
                 last_seq: self.last_sent_seq,
-                time_ns: 0,
+                time_ns: self.tick_time_ns(now),
             }));
+        }
+        if self.released > self.released_sent
+            && now.saturating_duration_since(self.released_sent_at) >= RELEASED_EVERY
+            && self.out.partial == 0
+        {
+            self.queue_released(now);
         }
         work += self
             .link
@@ -195,6 +327,14 @@ impl Primary {
             .map_err(|e| self.transport_err("send tick", e))?;
         self.check_liveness(now)?;
         Ok(work)
+    }
+
+    fn queue_released(&mut self, now: Instant) {
+        self.link.queue(Control::Released(Released {
+            released_seq: self.released,
+        }));
+        self.released_sent = self.released;
+        self.released_sent_at = now;
     }
 
     fn check_liveness(&self, now: Instant) -> Result<(), ChannelError> {
@@ -249,8 +389,21 @@ impl Primary {
             self.link.stats.control_in += 1;
             match parsed {
                 Some(Ok(Control::Ack(ack))) => self.take_ack(ack)?,
-                Some(Ok(Control::Tick(_))) => {}
+                Some(Ok(Control::Tick(t))) => self.proved_echo(t.time_ns),
                 Some(Ok(Control::Goodbye(_))) => self.peer_goodbye = true,
+                Some(Ok(Control::Stop(stop))) => {
+                    return Err(ChannelError::PeerStopped {
+                        peer: self.link.peer.clone(),
+                        cause: stop.cause.name(),
+                        last_seq: stop.last_seq,
+                        reason: stop.reason,
+                    });
+                }
+                Some(Ok(Control::Released(_))) => {
+                    return Err(self.protocol(format!(
+                        "backup sent a released watermark at stream offset {offset}"
+                    )));
+                }
                 Some(Ok(Control::Hello(_))) => {
                     return Err(self.protocol(format!("second hello at stream offset {offset}")));
                 }
@@ -284,6 +437,20 @@ impl Primary {
                 self.acked.acked_seq, ack.acked_seq
             )));
         }
+        // Entries up to acked_seq were received: the newest send they were
+        // part of is proved.
+        let mut proved = None;
+        while let Some(&(seq, at)) = self.sends.front() {
+            if seq > ack.acked_seq {
+                break;
+            }
+            proved = Some(at);
+            self.sends.pop_front();
+        }
+        if let Some(at) = proved {
+            self.proved(at);
+        }
+        self.proved_echo(ack.echo_ns);
         self.acked = ack;
         self.stats.acks += 1;
         Ok(())
@@ -374,6 +541,10 @@ impl Primary {
         debug_assert_eq!(released, pos);
         self.stats.entries_sent += entries;
         self.stats.entry_bytes_sent += released as u64;
+        if entries > 0 {
+            // Bounded by the unACKed sends; ACKs drain it.
+            self.sends.push_back((last_seq, now));
+        }
         self.last_sent_seq = last_seq;
         self.out.partial = sent_total - released;
         self.out.scanned -= released;
@@ -393,7 +564,7 @@ impl Primary {
 
     /// Orderly shutdown: ships every committed entry, waits up to `timeout`
     /// for the ACK covering the last one, says goodbye.
-    pub fn finish(mut self, timeout: Duration) -> Result<PrimaryStats, ChannelError> {
+    pub fn finish(&mut self, timeout: Duration) -> Result<PrimaryStats, ChannelError> {
         let start = Instant::now();
         loop {
             let now = Instant::now();
@@ -405,6 +576,7 @@ impl Primary {
             if self.out.consumer.is_empty() && self.acked.acked_seq == self.last_sent_seq {
                 break;
             }
+
             self.check_liveness(now)?;
             if start.elapsed() > timeout {
                 return Err(self.protocol(format!(
@@ -415,6 +587,9 @@ impl Primary {
                 )));
             }
             std::hint::spin_loop();
+        }
+        if self.released > self.released_sent {
+            self.queue_released(Instant::now());
         }
         self.link.queue(Control::Goodbye(Goodbye {
             last_seq: self.last_sent_seq,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use ftvm_ring::idle::{IdleKind, Idler};
 use ftvm_ring::log::{ClaimError, Consumer};
 use ftvm_tuning::{ChannelSettings, Idle};
+use ftvm_wire::control::StopCause;
 use ftvm_wire::{Frame, decode};
 
 use crate::appender::Appender;
@@ -21,6 +22,13 @@ use crate::transport::Transport;
 
 /// How long a stopping primary waits for the final ACK.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stopping backup tries to get its Stop frame out.
+pub const STOP_SEND_WAIT: Duration = Duration::from_millis(200);
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The data is a plain value; a panic elsewhere cannot leave it torn.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// The idle strategy the settings ask for.
 pub fn idler_for(settings: &ChannelSettings) -> Idler {
@@ -109,10 +117,6 @@ impl PrimaryShared {
     }
 }
 
-/// Called by the channel thread after every poll round with the published
-/// positions (e.g. to release held outputs the moment their ACK arrives).
-pub type AckHook = Box<dyn FnMut(&PrimaryShared) + Send>;
-
 /// A primary end running on its own thread.
 #[derive(Debug)]
 pub struct PrimaryHandle {
@@ -125,12 +129,7 @@ impl Primary {
     /// Moves the poll loop to a thread pinned to `settings.sender_core`
     /// (unpinned when -1), idling per `settings.idle`.
     pub fn spawn(self, settings: &ChannelSettings) -> PrimaryHandle {
-        self.spawn_with(settings, Box::new(|_| {}))
-    }
-
-    /// [`Primary::spawn`] with a hook run after every poll round.
-    pub fn spawn_with(self, settings: &ChannelSettings, hook: AckHook) -> PrimaryHandle {
-        primary_thread(settings, hook, move || Ok(self))
+        primary_thread(settings, move || Ok(self))
     }
 
     /// Performs the handshake over `transport` **on a new channel thread**
@@ -142,11 +141,10 @@ impl Primary {
         transport: Box<dyn Transport>,
         settings: &ChannelSettings,
         params: HelloParams,
-        hook: AckHook,
     ) -> Result<(PrimaryHandle, Appender), ChannelError> {
         let (tx, rx) = std::sync::mpsc::channel();
         let s = settings.clone();
-        let mut handle = primary_thread(settings, hook, move || {
+        let mut handle = primary_thread(settings, move || {
             let (primary, app) = Primary::establish(transport, &s, params)?;
             // The caller waits for the appender; if it is gone, so is its use.
             let _ = tx.send(app);
@@ -175,7 +173,6 @@ fn thread_failed(side: &str) -> ChannelError {
 /// Runs the primary end that `make` builds (on the new thread) until stopped.
 fn primary_thread(
     settings: &ChannelSettings,
-    mut hook: AckHook,
     make: impl FnOnce() -> Result<Primary, ChannelError> + Send + 'static,
 ) -> PrimaryHandle {
     let shared = Arc::new(PrimaryShared::default());
@@ -196,7 +193,6 @@ fn primary_thread(
                 while !s.load(Ordering::Relaxed) {
                     let work = primary.poll()?;
                     sh.publish(&primary);
-                    hook(&sh);
                     if work == 0 && idler.is_parking() {
                         primary.wait(park)?;
                     } else {
@@ -205,7 +201,6 @@ fn primary_thread(
                 }
                 let stats = primary.finish(FINISH_TIMEOUT)?;
                 sh.publish_final();
-                hook(&sh);
                 Ok(stats)
             })();
             sh.set_stopped();
@@ -290,11 +285,19 @@ impl ReplayFeed {
     }
 }
 
+/// Why a threaded backup end is told to stop: sent to the primary as a Stop frame.
+type AbortReason = Arc<std::sync::Mutex<Option<(StopCause, String)>>>;
+
 /// A backup end running on its own thread.
 #[derive(Debug)]
 pub struct BackupHandle {
     stop: Arc<AtomicBool>,
     done: Arc<AtomicBool>,
+    abort: AbortReason,
+    /// The primary's Hello (VM name, generation), known after the handshake.
+    hello: Arc<std::sync::Mutex<Option<ftvm_wire::control::Hello>>>,
+    /// The primary's released-through watermark, as the thread last saw it.
+    released: Arc<AtomicU64>,
     thread: Option<JoinHandle<Result<BackupStats, ChannelError>>>,
 }
 
@@ -322,11 +325,14 @@ impl Backup {
         let s = settings.clone();
         let (mut handle, feed) = backup_thread(settings, move || {
             let backup = Backup::establish(transport, &s, params)?;
-            let _ = tx.send(());
+            let _ = tx.send(backup.peer_hello().clone());
             Ok(backup)
         })?;
         match rx.recv() {
-            Ok(()) => Ok((handle, feed)),
+            Ok(hello) => {
+                *lock(&handle.hello) = Some(hello);
+                Ok((handle, feed))
+            }
             Err(_) => Err(handle
                 .join()
                 .err()
@@ -344,6 +350,10 @@ fn backup_thread(
     let (mut producer, consumer) = ftvm_ring::log::with_capacity(settings.ring_bytes)?;
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
+    let abort: AbortReason = Arc::default();
+    let hello: Arc<std::sync::Mutex<Option<ftvm_wire::control::Hello>>> = Arc::default();
+    let released = Arc::new(AtomicU64::new(0));
+    let (ab, he, rel) = (abort.clone(), hello.clone(), released.clone());
     let replayed = Arc::new(AtomicU64::new(0));
     let ordinal = Arc::new(AtomicU64::new(0));
     let (s, d, r, o) = (
@@ -361,6 +371,7 @@ fn backup_thread(
             pin(core);
             let result = (|| {
                 let mut backup = make()?;
+                *lock(&he) = Some(backup.peer_hello().clone());
                 while !s.load(Ordering::Relaxed) && !backup.is_ended() {
                     // Relaxed: reporting positions, read independently.
                     backup.set_replayed(r.load(Ordering::Relaxed), o.load(Ordering::Relaxed));
@@ -382,11 +393,17 @@ fn backup_thread(
                         }
                     })?;
                     debug_assert!(!full, "replay feed overflowed its budget");
+                    // Relaxed: a watermark read for bookkeeping; the entries
+                    // it covers travel through the feed ring.
+                    rel.store(backup.released_seq(), Ordering::Relaxed);
                     if work == 0 && idler.is_parking() {
                         backup.wait(park)?;
                     } else {
                         idler.idle(work);
                     }
+                }
+                if let Some((cause, reason)) = lock(&ab).take() {
+                    backup.stop(cause, &reason, STOP_SEND_WAIT);
                 }
                 Ok(backup.stats())
             })();
@@ -396,7 +413,14 @@ fn backup_thread(
         })
         .ok();
     Ok((
-        BackupHandle { stop, done, thread },
+        BackupHandle {
+            stop,
+            done,
+            abort,
+            hello,
+            released,
+            thread,
+        },
         ReplayFeed {
             consumer,
             replayed,
@@ -416,6 +440,25 @@ impl BackupHandle {
     pub fn stop(mut self) -> Result<BackupStats, ChannelError> {
         self.stop.store(true, Ordering::Relaxed);
         self.join()
+    }
+
+    /// The replaying side stopped: the thread tells the primary why (a
+    /// Stop frame) and ends; joins it.
+    pub fn abort(mut self, cause: StopCause, reason: &str) -> Result<BackupStats, ChannelError> {
+        *lock(&self.abort) = Some((cause, reason.to_owned()));
+        self.stop.store(true, Ordering::Relaxed);
+        self.join()
+    }
+
+    /// The primary's Hello (once the handshake is done).
+    pub fn peer_hello(&self) -> Option<ftvm_wire::control::Hello> {
+        lock(&self.hello).clone()
+    }
+
+    /// The primary's released-through watermark as last received.
+    pub fn released_seq(&self) -> u64 {
+        // Relaxed: see the store in the thread.
+        self.released.load(Ordering::Relaxed)
     }
 
     /// Joins the thread after it stopped by itself.

@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ftvm_channel::transport::{self, Transport};
-use ftvm_channel::{AppendError, Backup, ChannelError, HelloParams, OutputGate, Primary};
+use ftvm_channel::{AckGate, AppendError, Backup, ChannelError, HelloParams, Primary};
 use ftvm_tuning::{ChannelSettings, TransportKind};
 use ftvm_wire::control::{Control, Hello, Role};
 use ftvm_wire::{Header, Kind, Reason, VERSION, encode, frame_len};
@@ -25,11 +25,12 @@ fn settings(kind: TransportKind) -> ChannelSettings {
     }
 }
 
-const PARAMS: HelloParams = HelloParams {
-    settings_fingerprint: 0x1234,
-    image_digest: 0,
-    next_seq: 0,
-};
+fn params() -> HelloParams {
+    HelloParams {
+        settings_fingerprint: 0x1234,
+        ..HelloParams::default()
+    }
+}
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -66,7 +67,7 @@ fn delivery_and_output_rule(kind: TransportKind) {
     const N: u64 = 20_000;
     let s_b = s.clone();
     let backup = thread::spawn(move || -> Result<u64, ChannelError> {
-        let mut b = Backup::establish(bt, &s_b, PARAMS)?;
+        let mut b = Backup::establish(bt, &s_b, params())?;
         let mut rng = StdRng::seed_from_u64(1);
         let mut next = 1u64;
         while !b.is_ended() {
@@ -86,8 +87,8 @@ fn delivery_and_output_rule(kind: TransportKind) {
         }
         Ok(next - 1)
     });
-    let (mut p, mut app) = Primary::establish(pt, &s, PARAMS).expect("primary handshake");
-    let mut gate = OutputGate::new();
+    let (mut p, mut app) = Primary::establish(pt, &s, params()).expect("primary handshake");
+    let mut gate = AckGate::new();
     let mut rng = StdRng::seed_from_u64(1);
     let mut released = 0u64;
     let mut seq = 1u64;
@@ -164,9 +165,9 @@ fn threaded_mode_delivers_in_order() {
         let s_b = s.clone();
         let backup = thread::spawn(move || {
             let (mut handle, mut feed) = if in_thread {
-                Backup::spawn_establish(bt, &s_b, PARAMS).expect("backup handshake on its thread")
+                Backup::spawn_establish(bt, &s_b, params()).expect("backup handshake on its thread")
             } else {
-                let b = Backup::establish(bt, &s_b, PARAMS).expect("backup handshake");
+                let b = Backup::establish(bt, &s_b, params()).expect("backup handshake");
                 b.spawn(&s_b).expect("spawn backup")
             };
             let mut next = 1u64;
@@ -187,10 +188,9 @@ fn threaded_mode_delivers_in_order() {
             next - 1
         });
         let (handle, mut app) = if in_thread {
-            Primary::spawn_establish(pt, &s, PARAMS, Box::new(|_| {}))
-                .expect("primary handshake on its thread")
+            Primary::spawn_establish(pt, &s, params()).expect("primary handshake on its thread")
         } else {
-            let (p, app) = Primary::establish(pt, &s, PARAMS).expect("primary handshake");
+            let (p, app) = Primary::establish(pt, &s, params()).expect("primary handshake");
             (p.spawn(&s), app)
         };
         for seq in 1..=50_000u64 {
@@ -230,13 +230,13 @@ fn output_entry_flushes_the_batch_at_once() {
     let r2 = received.clone();
     let s_b = s.clone();
     let backup = thread::spawn(move || {
-        let mut b = Backup::establish(bt, &s_b, PARAMS).expect("backup handshake");
+        let mut b = Backup::establish(bt, &s_b, params()).expect("backup handshake");
         while !b.is_ended() {
             b.poll(|_, f| r2.store(f.header.seq, Ordering::SeqCst))
                 .expect("backup poll");
         }
     });
-    let (mut p, mut app) = Primary::establish(pt, &s, PARAMS).expect("primary handshake");
+    let (mut p, mut app) = Primary::establish(pt, &s, params()).expect("primary handshake");
     for _ in 0..10 {
         app.append(Kind::Opaque, 0, b"plain").unwrap();
     }
@@ -273,12 +273,12 @@ fn mismatched_fingerprint_is_refused_naming_both() {
             &s_b,
             HelloParams {
                 settings_fingerprint: 0xbbbb,
-                ..PARAMS
+                ..params()
             },
         )
         .map(|_| ())
     });
-    let err = Primary::establish(pt, &s, PARAMS)
+    let err = Primary::establish(pt, &s, params())
         .map(|_| ())
         .unwrap_err()
         .to_string();
@@ -302,16 +302,16 @@ fn backup_against_raw_peer(bytes_after_hello: Vec<u8>) -> (ChannelError, Vec<u64
         let hello = Control::Hello(Hello {
             role: Role::Primary,
             version: VERSION,
-            settings_fingerprint: PARAMS.settings_fingerprint,
-            image_digest: 0,
+            settings_fingerprint: params().settings_fingerprint,
             next_seq: 1,
+            ..Hello::default()
         });
-        sock.write_all(&hello.to_frame()).unwrap();
+        sock.write_all(&hello.to_frame().unwrap()).unwrap();
         sock.write_all(&bytes_after_hello).unwrap();
         thread::sleep(Duration::from_millis(200));
     });
     let t = listener.accept(Duration::from_secs(5)).unwrap().unwrap();
-    let mut b = Backup::establish(t, &s, PARAMS).unwrap();
+    let mut b = Backup::establish(t, &s, params()).unwrap();
     let mut got = Vec::new();
     let err = loop {
         match b.poll(|_, f| got.push(f.header.seq)) {
@@ -413,12 +413,12 @@ fn silent_peer_is_reported_lost() {
         let stop2 = stop.clone();
         let s_b = s.clone();
         let silent = thread::spawn(move || {
-            let b = Backup::establish(bt, &s_b, PARAMS).expect("backup handshake");
+            let b = Backup::establish(bt, &s_b, params()).expect("backup handshake");
             // Hold the connection open but never poll again.
             let _g = stop2.lock().unwrap();
             drop(b);
         });
-        let (mut p, _app) = Primary::establish(pt, &s, PARAMS).unwrap();
+        let (mut p, _app) = Primary::establish(pt, &s, params()).unwrap();
         let start = Instant::now();
         let err = loop {
             if let Err(e) = p.poll() {
@@ -467,6 +467,6 @@ fn handshake_times_out_on_a_mute_peer() {
     };
     let t = transport::connect(&s, &addr).unwrap();
     let _conn = l.accept().unwrap();
-    let err = Primary::establish(t, &s, PARAMS).map(|_| ()).unwrap_err();
+    let err = Primary::establish(t, &s, params()).map(|_| ()).unwrap_err();
     assert!(err.to_string().contains("no hello within 200 ms"), "{err}");
 }

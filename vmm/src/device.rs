@@ -142,6 +142,8 @@ impl<'a> ExitCtx<'a> {
         produce: impl FnOnce(&mut Vec<u8>) -> Result<bool, DeviceError>,
     ) -> Result<Option<Vec<u8>>, DeviceError> {
         let ordinal = self.ordinal;
+        // A lost primary may take the VM live right here (`crate::failover`).
+        self.journal.settle()?;
         match self.journal.mode() {
             Mode::Replay => {
                 if !required && !self.journal.next_is(kind, Some(port), ordinal)? {
@@ -183,7 +185,9 @@ impl<'a> ExitCtx<'a> {
     /// An output leaving the VM. Record: logs an OUTPUT entry (length and
     /// digest) and hands `release` to the output gate; live: releases at
     /// once; replay: checks kind, port, length and digest against the
-    /// primary's entry and drops `release`.
+    /// primary's entry and hands `release` to the gate's
+    /// [`OutputGate::replayed`](crate::OutputGate::replayed), which never
+    /// runs it while replaying (a standby keeps a few for failover).
     pub fn output(
         &mut self,
         kind: Kind,
@@ -194,6 +198,8 @@ impl<'a> ExitCtx<'a> {
         debug_assert!(kind.is_output(), "{kind} is not an output kind");
         let ordinal = self.ordinal;
         let rec = OutputRecord::of(port, bytes);
+        // A lost primary may take the VM live right here (`crate::failover`).
+        self.journal.settle()?;
         match self.journal.mode() {
             Mode::Live => self.journal.gate(None, kind, Box::new(release)),
             Mode::Record => {
@@ -222,6 +228,8 @@ impl<'a> ExitCtx<'a> {
                     }
                     .into());
                 }
+                self.journal
+                    .replayed_output(e.header.seq, kind, Box::new(release));
             }
         }
         Ok(())

@@ -6,6 +6,8 @@
 
 use ftvm_wire::{Header, Kind};
 
+use crate::event::{EventSource, EventSourceError, PollPoint};
+use crate::failover::{Failover, FailoverError, LogEnd};
 use crate::log::{LogEntry, LogSink, LogSinkError, LogSource, LogSourceError, SourcePoll};
 use crate::output::{OutputGate, Release};
 use crate::payload::{CheckpointRecord, INPUT_PREFIX_LEN, describe_entry, input_port};
@@ -106,6 +108,13 @@ pub enum LogError {
         /// Exit ordinal (0: before the first exit).
         ordinal: u64,
     },
+    /// The primary was lost and going live failed (lost the arbitration, ...).
+    #[error(transparent)]
+    Failover(#[from] FailoverError),
+    /// An event source stopped the VM (e.g. the primary lost its backup and
+    /// the arbitration).
+    #[error(transparent)]
+    Event(#[from] EventSourceError),
     /// An entry of a kind the VMM never writes.
     #[error("log entry seq {seq} at exit {ordinal} has kind {kind}, which is not a VMM entry")]
     ForeignKind {
@@ -142,6 +151,13 @@ enum Backend {
     },
 }
 
+/// What a replaying journal knows when its primary is lost.
+struct Standby {
+    plan: Option<Box<dyn Failover>>,
+    /// Seq of the last entry taken.
+    last_seq: u64,
+}
+
 /// Counters of a run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct JournalStats {
@@ -163,6 +179,10 @@ pub(crate) struct Journal {
     gate: Box<dyn OutputGate>,
     pub(crate) stats: JournalStats,
     scratch: Vec<u8>,
+    standby: Standby,
+    /// Set by the VM while a device handles an exit (for the failover report).
+    pub(crate) mid_exit: bool,
+    went_live: bool,
 }
 
 impl std::fmt::Debug for Journal {
@@ -199,13 +219,79 @@ impl Journal {
         self.stop = Some(stop);
     }
 
-    /// Failover: the same engine continuing in live or record mode (keeps
-    /// the output gate and the counters). `sink = None` is live mode.
-    pub(crate) fn switch(&mut self, sink: Option<Box<dyn LogSink>>) {
+    /// The plan to run when the replayed primary is lost (`crate::failover`).
+    pub(crate) fn set_failover(&mut self, plan: Box<dyn Failover>) {
+        self.standby.plan = Some(plan);
+    }
+
+    /// Failover: the same engine continuing in live mode (`sink = None`) or
+    /// recording into `sink`, with `gate` from now on if given (the counters
+    /// carry over).
+    pub(crate) fn go_live(
+        &mut self,
+        sink: Option<Box<dyn LogSink>>,
+        gate: Option<Box<dyn OutputGate>>,
+    ) {
         self.backend = match sink {
             None => Backend::Live,
             Some(sink) => Backend::Record { sink, next_seq: 1 },
         };
+        if let Some(gate) = gate {
+            self.gate = gate;
+        }
+        self.went_live = true;
+    }
+
+    /// True once after the journal left replay mode (the VM then restarts
+    /// its host timer).
+    pub(crate) fn take_went_live(&mut self) -> bool {
+        std::mem::take(&mut self.went_live)
+    }
+
+    /// The replayed primary is lost and every entry it sent was taken: run
+    /// the failover plan, or report the loss when there is none.
+    fn fail_over(&mut self, reason: String) -> Result<(), LogError> {
+        let Some(mut plan) = self.standby.plan.take() else {
+            return Err(LogSourceError::Channel(reason).into());
+        };
+        let end = LogEnd {
+            ordinal: self.ordinal,
+            last_seq: self.standby.last_seq,
+            mid_exit: self.mid_exit,
+            reason,
+        };
+        let kept = self.gate.take_kept();
+        let live = plan.go_live(end, kept)?;
+        self.go_live(live.sink, Some(live.gate));
+        Ok(())
+    }
+
+    /// Record mode: the sink's event source, if it has one.
+    fn events(&mut self) -> Option<&mut dyn EventSource> {
+        match &mut self.backend {
+            Backend::Record { sink, .. } => sink.events(),
+            _ => None,
+        }
+    }
+
+    /// Polls the sink's event source (see `crate::event`).
+    pub(crate) fn poll_events(&mut self, at: PollPoint) -> Result<usize, LogError> {
+        match self.events() {
+            Some(e) => Ok(e.poll(at)?),
+            None => Ok(0),
+        }
+    }
+
+    /// The fd the sink's event source wakes a WAIT on.
+    pub(crate) fn wait_fd(&mut self) -> Option<std::os::fd::RawFd> {
+        self.events().and_then(|e| e.wait_fd())
+    }
+
+    /// Replay: waits for the next entry to be known. If the primary turns
+    /// out to be lost, the failover plan runs here and the journal leaves
+    /// replay mode: callers check [`Journal::mode`] afterwards.
+    pub(crate) fn settle(&mut self) -> Result<(), LogError> {
+        self.peek().map(|_| ())
     }
 
     fn with(backend: Backend, gate: Box<dyn OutputGate>) -> Journal {
@@ -216,6 +302,12 @@ impl Journal {
             gate,
             stats: JournalStats::default(),
             scratch: Vec::with_capacity(4096),
+            standby: Standby {
+                plan: None,
+                last_seq: 0,
+            },
+            mid_exit: false,
+            went_live: false,
         }
     }
 
@@ -246,8 +338,22 @@ impl Journal {
     }
 
     /// Replay: the next entry, waiting while the source has none yet; `None`
-    /// once the log has ended.
+    /// once the log has ended — or once the primary was lost and the
+    /// failover plan took the VM live (the mode is then no longer replay).
     pub(crate) fn peek(&mut self) -> Result<Option<&LogEntry>, LogError> {
+        if let Some(reason) = self.wait_for_entry()? {
+            self.fail_over(reason)?;
+            return Ok(None);
+        }
+        match &self.backend {
+            Backend::Replay { ahead, .. } => Ok(ahead.as_ref()),
+            _ => Ok(None),
+        }
+    }
+
+    /// Fills the lookahead; `Some(reason)` when the primary is lost and
+    /// nothing is left to replay.
+    fn wait_for_entry(&mut self) -> Result<Option<String>, LogError> {
         let Backend::Replay {
             source,
             ahead,
@@ -288,9 +394,13 @@ impl Journal {
                     }
                 }
                 SourcePoll::End => *ended = true,
+                SourcePoll::Lost { reason } => {
+                    *ended = true;
+                    return Ok(Some(reason));
+                }
             }
         }
-        Ok(ahead.as_ref())
+        Ok(None)
     }
 
     /// Replay: takes the entry `peek` returned.
@@ -299,6 +409,7 @@ impl Journal {
             return None;
         };
         let e = ahead.take()?;
+        self.standby.last_seq = e.header.seq;
         self.stats.entries += 1;
         self.stats.payload_bytes += e.payload.len() as u64;
         Some(e)
@@ -373,6 +484,11 @@ impl Journal {
     pub(crate) fn gate(&mut self, seq: Option<u64>, kind: Kind, release: Release) {
         self.stats.outputs += 1;
         self.gate.submit(seq, kind, release);
+    }
+
+    /// Replay: an output checked against the primary's entry `seq`.
+    pub(crate) fn replayed_output(&mut self, seq: u64, kind: Kind, release: Release) {
+        self.gate.replayed(seq, kind, release);
     }
 
     pub(crate) fn scratch(&mut self) -> Vec<u8> {

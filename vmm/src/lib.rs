@@ -27,14 +27,18 @@
 //!    final checkpoint; replay stops at it and verifies it. [`RunOutcome`]
 //!    carries the state digest and counters.
 //!
-//! Entries leave through a [`LogSink`] ([`LogFileWriter`] now, the channel
-//! later) and come back through a [`LogSource`] ([`LogFileReader`]).
+//! Entries leave through a [`LogSink`] ([`LogFileWriter`] here, the logging
+//! channel in `ftvm-ft`) and come back through a [`LogSource`]
+//! ([`LogFileReader`]). A replaying VM with a [`Failover`] plan goes live
+//! where its source reports the primary lost.
 
 pub mod boot;
 pub mod device;
 pub mod devices;
 pub mod digest;
 pub mod error;
+pub mod event;
+pub mod failover;
 pub mod journal;
 pub mod layout;
 pub mod log;
@@ -50,13 +54,15 @@ mod guests {
 
 pub use device::{Device, DeviceError, ExitCtx};
 pub use devices::console::ConsoleTarget;
+pub use event::{EventSource, EventSourceError, PollPoint};
+pub use failover::{Failover, FailoverError, GoLive, LogEnd};
 pub use journal::{Divergence, JournalStats, LogError, Mode};
 pub use log::{
     LogEntry, LogFileReader, LogFileWriter, LogSink, LogSinkError, LogSource, LogSourceError,
     MemoryLog, SourcePoll,
 };
 pub use memory::{GuestMemory, GuestMemoryError, IoDesc};
-pub use output::{ImmediateGate, OutputGate, Release};
+pub use output::{ImmediateGate, KeptOutput, OutputGate, Release};
 pub use payload::{CheckpointRecord, describe_entry};
 pub use vm::{RunMode, RunOutcome, StopReason, Vm, VmConfig, VmError};
 

@@ -4,8 +4,8 @@
 //! channel: the VMM assigns sequence numbers (contiguous from 1) and exit
 //! ordinals; a sink stores or ships frames; a source hands them back in order.
 //! This module implements both over a log file (`ftvm_wire::logfile` format:
-//! the 16-byte file header, then frames). The channel (issue #5) implements
-//! them over its ring and receiver.
+//! the 16-byte file header, then frames); crate `ftvm-ft` implements them
+//! over the logging channel.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -85,6 +85,11 @@ pub trait LogSink: Send {
     fn append(&mut self, header: &Header, payload: &[u8]) -> Result<(), LogSinkError>;
     /// Pushes out anything buffered.
     fn flush(&mut self) -> Result<(), LogSinkError>;
+    /// Work the VM must drive from the vCPU thread for this sink (a channel
+    /// run inline), polled at every exit and WAIT pass. Default: none.
+    fn events(&mut self) -> Option<&mut dyn crate::event::EventSource> {
+        None
+    }
 }
 
 /// What a [`LogSource`] has next.
@@ -96,6 +101,13 @@ pub enum SourcePoll {
     Pending,
     /// The log has ended; nothing more will come.
     End,
+    /// The primary is lost (its channel broke, went silent or sent a corrupt
+    /// frame): every entry received before was returned, nothing more will
+    /// come. A VM with a failover plan goes live here (`crate::failover`).
+    Lost {
+        /// What happened, with the values (seqs, offset, timeout).
+        reason: String,
+    },
 }
 
 /// Replay side: yields the primary's entries in order.

@@ -31,7 +31,8 @@ use crate::devices::console::ConsoleTarget;
 use crate::digest::{MemDigest, combine, cpu_digest};
 pub use crate::error::VmError;
 use crate::error::exception_name;
-use crate::journal::{Divergence, Journal, JournalStats, Mode};
+use crate::event::PollPoint;
+use crate::journal::{Divergence, Journal, JournalStats, LogError, Mode};
 use crate::layout::{
     self, IMAGE_ADDR, IMAGE_END, MAX_MEM_MIB, MIN_MEM_MIB, TIMER_VECTOR, WAIT_FOREVER,
 };
@@ -70,6 +71,9 @@ pub struct VmConfig {
     pub stop: Arc<AtomicBool>,
     /// Stop after this many exits (tests, benchmarks).
     pub max_exits: Option<u64>,
+    /// Replay: what to do when the primary is lost (`crate::failover`);
+    /// `None`: a lost primary is an error.
+    pub failover: Option<Box<dyn crate::failover::Failover>>,
     /// WAIT busy-polls the devices this long before sleeping in `ppoll`
     /// (thread wake-ups cost 60-80 µs on these hosts; spinning is the only
     /// low-latency mode). 0 = sleep at once.
@@ -115,6 +119,7 @@ impl VmConfig {
             gate: Box::new(ImmediateGate),
             stop: Arc::new(AtomicBool::new(false)),
             max_exits: None,
+            failover: None,
             wait_spin_us: 200,
         })
     }
@@ -321,6 +326,9 @@ impl Vm {
             RunMode::Record(sink) => Journal::record(sink, config.gate),
             RunMode::Replay(source) => Journal::replay(source, config.gate),
         };
+        if let Some(plan) = config.failover {
+            journal.set_failover(plan);
+        }
         journal.set_stop(Arc::clone(&config.stop));
         // Baseline: hash all memory as loaded; clear both dirty bitmaps.
         machine.take_dirty_log()?;
@@ -364,14 +372,12 @@ impl Vm {
         self.started = Instant::now();
         // Replay of a log with no entries at all: nothing to replay (and the
         // guest must not run ahead of a primary that never reached an exit).
-        let mut state = if self
-            .journal
-            .log_drained()
-            .map_err(|source| VmError::Log { ordinal: 0, source })?
-        {
-            VcpuState::Stopping(StopReason::LogEnded)
-        } else {
-            VcpuState::Running
+        let mut state = match self.journal.log_drained() {
+            Ok(true) => VcpuState::Stopping(StopReason::LogEnded),
+            Ok(false) => VcpuState::Running,
+            // A backup stopped before its primary sent anything.
+            Err(LogError::StopRequested { .. }) => VcpuState::Stopping(StopReason::Requested),
+            Err(source) => return Err(VmError::Log { ordinal: 0, source }),
         };
         loop {
             state = match state {
@@ -442,6 +448,7 @@ impl Vm {
 
     fn exited(&mut self, exit: Exit) -> Result<VcpuState, VmError> {
         self.requests = ExitRequests::default();
+        self.journal.mid_exit = true;
         match exit {
             Exit::IoOut { port, data, size } => {
                 let Some(i) = self.port_map[port as usize] else {
@@ -564,11 +571,21 @@ impl Vm {
         let start = Instant::now();
         let deadline = (timeout_us != WAIT_FOREVER)
             .then(|| start + Duration::from_micros(u64::from(timeout_us)));
-        let fds: Vec<RawFd> = self.devices.iter().filter_map(|d| d.wait_fd()).collect();
         loop {
+            // Rebuilt each pass: a NIC attached at go-live brings its socket.
+            let fds: Vec<RawFd> = self
+                .devices
+                .iter()
+                .filter_map(|d| d.wait_fd())
+                .chain(self.journal.wait_fd())
+                .collect();
             if self.poll_devices()? {
                 break;
             }
+            let ordinal = self.ordinal;
+            self.journal
+                .poll_events(PollPoint::Wait)
+                .map_err(|source| VmError::Log { ordinal, source })?;
             let now = Instant::now();
             // Acquire pairs with the Release store of whoever requests the
             // stop (signal handler or another thread); no data rides on it.
@@ -595,6 +612,25 @@ impl Vm {
     fn exit_done(&mut self) -> Result<VcpuState, VmError> {
         let ordinal = self.ordinal;
         let log = |source| VmError::Log { ordinal, source };
+        self.journal.mid_exit = false;
+        if self.journal.take_went_live() {
+            // Went live inside this exit (failover at a cut-off exit).
+            self.went_live();
+        }
+        if self.journal.mode() == Mode::Replay {
+            // Waits for the primary's next entry; a lost primary may take
+            // the VM live here, at the exit boundary.
+            match self.journal.settle() {
+                Ok(()) => {}
+                Err(LogError::StopRequested { .. }) => {
+                    return Ok(VcpuState::Stopping(StopReason::Requested));
+                }
+                Err(e) => return Err(log(e)),
+            }
+            if self.journal.take_went_live() {
+                self.went_live();
+            }
+        }
         let mode = self.journal.mode();
         if mode != Mode::Replay {
             self.timer.check(Instant::now());
@@ -627,6 +663,7 @@ impl Vm {
         }
         self.interrupt()?;
         self.journal.finish_exit(ordinal).map_err(log)?;
+        self.journal.poll_events(PollPoint::Exit).map_err(log)?;
         if mode == Mode::Replay && self.journal.log_drained().map_err(log)? {
             return Ok(VcpuState::Stopping(StopReason::LogEnded));
         }
@@ -746,17 +783,13 @@ impl Vm {
             _ if reason == StopReason::Forced => self.state_digest(false)?,
             Mode::Record => self.write_checkpoint(true)?,
             Mode::Live => self.state_digest(true)?,
-            Mode::Replay => {
-                if self
-                    .journal
-                    .next_is(Kind::Checkpoint, None, ordinal)
-                    .map_err(log)?
-                {
-                    self.verify_checkpoint()?
-                } else {
-                    self.state_digest(false)?
-                }
-            }
+            Mode::Replay => match self.journal.next_is(Kind::Checkpoint, None, ordinal) {
+                Ok(true) => self.verify_checkpoint()?,
+                // A stop request while waiting for the primary: the state
+                // here, at this exit boundary.
+                Ok(false) | Err(LogError::StopRequested { .. }) => self.state_digest(false)?,
+                Err(e) => return Err(log(e)),
+            },
         };
         self.journal.flush().map_err(log)?;
         Ok(VcpuState::Stopped(RunOutcome {
@@ -800,10 +833,14 @@ impl Vm {
         devices.extend(replace);
         self.port_map = port_map(&devices)?;
         self.devices = devices;
-        self.journal.switch(sink);
-        // Ticks fall due from now on host time.
-        self.timer.next_due = self.timer.period.map(|p| Instant::now() + p);
+        self.journal.go_live(sink, None);
+        self.went_live();
         Ok(())
+    }
+
+    /// The VM left replay mode: ticks fall due from now on host time.
+    fn went_live(&mut self) {
+        self.timer.next_due = self.timer.period.map(|p| Instant::now() + p);
     }
 
     /// Record: sequence number the next entry gets (entries written + 1).

@@ -9,7 +9,7 @@ pub const FRAME_ALIGN: usize = 8;
 /// `b"FTVM"` read as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"FTVM");
 /// The format version this crate writes and accepts.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Largest payload of one entry (1 MiB).
 pub const MAX_PAYLOAD_LEN: usize = 1 << 20;
 /// Largest frame: a maximum payload plus header and pad.
@@ -45,6 +45,10 @@ pub enum Kind {
     Tick = 3,
     /// Control: cumulative acknowledgement ([`crate::control::Ack`]).
     Ack = 4,
+    /// Control: the backup stopped replaying ([`crate::control::Stop`]).
+    Stop = 5,
+    /// Control: the primary's released-through watermark ([`crate::control::Released`]).
+    Released = 6,
     /// Digest of guest state at an exit, compared by the replayer.
     Checkpoint = 8,
     /// Value returned by a port `in`.
@@ -75,11 +79,13 @@ pub enum Kind {
 
 impl Kind {
     /// Every valid kind, for tests and tools.
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 19] = [
         Kind::Hello,
         Kind::Goodbye,
         Kind::Tick,
         Kind::Ack,
+        Kind::Stop,
+        Kind::Released,
         Kind::Checkpoint,
         Kind::PortIn,
         Kind::MmioRead,
@@ -102,7 +108,10 @@ impl Kind {
 
     /// Control frames carry sequence number 0 and are not log entries.
     pub fn is_control(self) -> bool {
-        matches!(self, Kind::Hello | Kind::Goodbye | Kind::Tick | Kind::Ack)
+        matches!(
+            self,
+            Kind::Hello | Kind::Goodbye | Kind::Tick | Kind::Ack | Kind::Stop | Kind::Released
+        )
     }
 
     /// Outputs wait for the backup's ACK before leaving the primary.
@@ -121,6 +130,8 @@ impl Kind {
             Kind::Goodbye => "goodbye",
             Kind::Tick => "tick",
             Kind::Ack => "ack",
+            Kind::Stop => "stop",
+            Kind::Released => "released",
             Kind::Checkpoint => "checkpoint",
             Kind::PortIn => "port-in",
             Kind::MmioRead => "mmio-read",

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use ftvm_channel::transport::{self, Listener};
-use ftvm_channel::{
-    AppendError, Backup, BackupStats, HelloParams, OutputGate, Primary, PrimaryStats,
-};
+use ftvm_channel::{AckGate, AppendError, Backup, BackupStats, HelloParams, Primary, PrimaryStats};
 use ftvm_tuning::{Settings, TransportKind};
 use ftvm_wire::Kind;
 use hdrhistogram::Histogram;
@@ -122,8 +120,8 @@ pub fn with_transport(settings: &Settings, name: Option<&str>) -> anyhow::Result
 fn hello(settings: &Settings) -> HelloParams {
     HelloParams {
         settings_fingerprint: settings.fingerprint(),
-        image_digest: 0,
-        next_seq: 0,
+        settings_text: settings.fingerprint_text(),
+        ..HelloParams::default()
     }
 }
 
@@ -288,12 +286,12 @@ pub fn run_source(
         primary.capture_to(Box::new(BufWriter::new(f)))?;
     }
     let payload: Vec<u8> = (0..opts.payload).map(|i| (i * 7 + 3) as u8).collect();
-    let mut gate: OutputGate<Instant> = OutputGate::new();
+    let mut gate: AckGate<Instant> = AckGate::new();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram")?;
     let mut idler = ftvm_channel::idler_for(&settings.channel);
     let mut full_waits = 0u64;
     let mut outputs = 0u64;
-    let release = |gate: &mut OutputGate<Instant>, acked: u64, hist: &mut Histogram<u64>| {
+    let release = |gate: &mut AckGate<Instant>, acked: u64, hist: &mut Histogram<u64>| {
         let now = Instant::now();
         gate.release(acked, |_, t| {
             let _ = hist.record((now - t).as_nanos().max(1) as u64);
@@ -386,7 +384,7 @@ pub fn run_source(
     }
     let elapsed = start.elapsed();
     let stats = match (primary, handle) {
-        (Some(p), _) => p.finish(Duration::from_secs(5))?,
+        (Some(mut p), _) => p.finish(Duration::from_secs(5))?,
         (None, Some(h)) => h.finish()?,
         (None, None) => unreachable!("either inline or threaded"),
     };

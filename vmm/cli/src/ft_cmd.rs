@@ -1,17 +1,69 @@
 //! The fault-tolerant pair from the command line: `ftvm backup`, the
 //! `--backup` path of `ftvm primary`, and `ftvm status`.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use ftvm_arbiter::{Arbiter, Retry};
 use ftvm_channel::transport;
-use ftvm_ft::{BackupEnd, PrimaryEnd, accept_backup, connect_primary};
+use ftvm_ft::{
+    BackupOptions, FloatingIp, PairIdentity, PrimaryEnd, PrimaryOptions, Protection,
+    ServiceTakeover, StandbyPlan, accept_backup, claim_generation, connect_primary,
+};
 use ftvm_tuning::Settings;
-use ftvm_vmm::{RunMode, RunOutcome, Vm, VmConfig};
+use ftvm_vmm::devices::net::Nic;
+use ftvm_vmm::{RunMode, RunOutcome, StopReason, Vm, VmConfig};
+use ftvm_wire::control::StopCause;
 
 use crate::channel_cmd::with_transport;
+
+/// Where the pair's generations are decided, and under which name.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PairArgs {
+    /// Arbiter deciding generations: `file:DIR` (one host or a shared NFS
+    /// directory) or `etcd:http://HOST:PORT[,...]`. Default: a per-user
+    /// runtime directory on this host (printed at start).
+    #[arg(long, value_name = "URL")]
+    pub arbiter: Option<String>,
+    /// Name of the protected VM at the arbiter (default: derived from the
+    /// guest and the primary's service address; a backup adopts the primary's).
+    #[arg(long, value_name = "NAME")]
+    pub vm: Option<String>,
+    /// A floating service address this side adds to `--service-dev` while it
+    /// is live (announced by gratuitous ARP) and removes when it stops or loses.
+    #[arg(long, value_name = "IP/PREFIX", requires = "service_dev")]
+    pub service_ip: Option<String>,
+    /// The device the floating service address lives on.
+    #[arg(long, value_name = "DEV", requires = "service_ip")]
+    pub service_dev: Option<String>,
+}
+
+impl PairArgs {
+    fn arbiter(&self, role: &str) -> anyhow::Result<Arc<dyn Arbiter>> {
+        let url = self
+            .arbiter
+            .clone()
+            .unwrap_or_else(ftvm_arbiter::default_url);
+        let a: Arc<dyn Arbiter> = Arc::from(ftvm_arbiter::open(&url)?);
+        let scope = if self.arbiter.is_none() {
+            " (the default: this host only — a pair on two hosts needs --arbiter with a shared directory or etcd)"
+        } else {
+            ""
+        };
+        eprintln!("ftvm {role}: arbiter {}{scope}", a.url());
+        Ok(a)
+    }
+
+    fn floating(&self) -> anyhow::Result<Option<FloatingIp>> {
+        match (&self.service_ip, &self.service_dev) {
+            (Some(ip), Some(dev)) => Ok(Some(FloatingIp::parse(ip, dev)?)),
+            _ => Ok(None),
+        }
+    }
+}
 
 #[derive(Debug, clap::Args)]
 pub struct BackupArgs {
@@ -27,6 +79,20 @@ pub struct BackupArgs {
     /// Guest argument (must be the primary's).
     #[arg(long, default_value_t = 0)]
     pub arg: u64,
+    /// UDP address this backup serves once live (bound at start). Without
+    /// it (and without --service-ip) the backup cannot serve after failover.
+    #[arg(long, value_name = "ADDR")]
+    pub service: Option<String>,
+    /// The shared disk (the primary's --disk): writes the primary had not
+    /// confirmed are re-issued at go-live.
+    #[arg(long, value_name = "FILE")]
+    pub disk: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub pair: PairArgs,
+    /// Do not re-send, at go-live, the replies whose release by the
+    /// primary was not confirmed (clients then wait for their retry).
+    #[arg(long)]
+    pub no_resend: bool,
     /// Serve status (JSON) on this TCP address (`ftvm status ADDR`).
     #[arg(long)]
     pub status: Option<String>,
@@ -48,9 +114,35 @@ pub fn status(a: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Resolves a `host:port` service address.
+pub fn resolve_service(flag: &str, addr: &str) -> anyhow::Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("{flag} {addr}: not an address"))?
+        .next()
+        .with_context(|| format!("{flag} {addr}: resolves to no address"))
+}
+
+/// The default VM name: the guest and the primary's service address, in
+/// the characters the arbiter allows.
+fn default_vm_name(guest: &str, service: Option<SocketAddr>) -> String {
+    let at = service.map_or_else(|| "noservice".to_string(), |s| s.to_string());
+    format!("{guest}-{at}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
 /// Runs `c` as the primary of a pair with the backup at `backup`; every
-/// output waits for the backup's ACK. Returns the VM's outcome after the
-/// channel shipped everything and the backup ACKed it.
+/// output waits for the backup's ACK. A lost backup makes the primary race
+/// for the next generation: won, it runs on unprotected; lost, it stops
+/// releasing nothing. Returns the VM's outcome.
+#[allow(clippy::too_many_arguments)]
 pub fn run_primary(
     mut c: VmConfig,
     settings: &Settings,
@@ -58,25 +150,45 @@ pub fn run_primary(
     transport_name: Option<&str>,
     status_addr: Option<&str>,
     record_log: Option<&std::path::Path>,
+    pair: &PairArgs,
+    floating: Option<&FloatingIp>,
 ) -> anyhow::Result<RunOutcome> {
     let s = with_transport(settings, transport_name)?;
-    let PrimaryEnd {
-        sink,
-        gate,
-        device,
-        mut channel,
-        shared,
-        gate_counters,
-        sink_stats,
-    } = connect_primary(&s, backup, &c.image)?;
+    let arbiter = pair.arbiter("primary")?;
+    let vm = pair
+        .vm
+        .clone()
+        .unwrap_or_else(|| default_vm_name(&c.guest, c.service));
+    let service = c.service.map_or_else(|| "-".to_string(), |a| a.to_string());
+    let candidate = ftvm_ft::candidate("primary", &service);
+    let generation = claim_generation(arbiter.as_ref(), &vm, &candidate)?;
+    let stop = c.stop.clone();
+    let opts = PrimaryOptions {
+        pair: PairIdentity {
+            vm: vm.clone(),
+            generation,
+            candidate,
+            arbiter,
+            retry: Retry::default(),
+        },
+        guest: c.guest.clone(),
+        guest_arg: c.guest_arg,
+        give_up: Arc::new(move || stop.load(Ordering::Relaxed)),
+    };
+    let end: PrimaryEnd = connect_primary(&s, backup, &c.image, opts)?;
     eprintln!(
-        "ftvm primary: protected by the backup at {backup} ({})",
+        "ftvm primary: VM {vm:?} at generation {generation}, protected by the backup at {backup} ({})",
         s.channel.transport.name()
     );
+    let (shared, gate_counters, sink_stats) = (
+        end.shared.clone(),
+        end.gate_counters.clone(),
+        end.sink_stats.clone(),
+    );
     if let Some(addr) = status_addr {
-        let shared = shared.clone();
-        let (g, st) = (gate_counters.clone(), sink_stats.clone());
+        let (shared, g, st) = (shared.clone(), gate_counters.clone(), sink_stats.clone());
         let lag_limit = s.channel.lag_limit_us;
+        let vm = vm.clone();
         let local = ftvm_ft::status::serve(
             addr,
             Arc::new(move || {
@@ -84,7 +196,11 @@ pub fn run_primary(
                 let (replayed, replay_ordinal) = shared.replay();
                 serde_json::json!({
                     "role": "primary",
-                    "mode": if shared.is_stopped() { "record (channel stopped)" } else { "record" },
+                    "vm": vm,
+                    "generation": shared.generation(),
+                    "protection": shared.protection().name(),
+                    "note": shared.note(),
+                    "mode": "record",
                     "exit_ordinal": st.exit_ordinal.load(r),
                     "last_seq_appended": st.entries.load(r),
                     "last_seq_sent": shared.last_sent_seq(),
@@ -99,14 +215,14 @@ pub fn run_primary(
                     "held_outputs": g.held(),
                     "released_outputs": g.released.load(r),
                     "bytes_logged": st.bytes.load(r),
+                    "arbitration_us": shared.arbitration_us(),
                 })
             }),
         )
         .with_context(|| format!("serving status on {addr}"))?;
         eprintln!("ftvm primary: status on {local}");
     }
-    c.gate = gate;
-    c.devices.extend(device);
+    let sink = end.install(&mut c);
     let sink: Box<dyn ftvm_vmm::LogSink> = match record_log {
         Some(path) => Box::new(ftvm_ft::TeeSink::new(
             sink,
@@ -115,84 +231,193 @@ pub fn run_primary(
         None => Box::new(sink),
     };
     let run = Vm::new(c, RunMode::Record(sink)).and_then(|mut vm| vm.run());
+    let give_back = |why: &str| {
+        if let Some(f) = floating
+            && let Err(e) = f.remove()
+        {
+            eprintln!("ftvm primary: {why}: {e}");
+        }
+    };
     let outcome = match run {
         Ok(o) => o,
         Err(e) => {
-            // A dead channel surfaces in the VM as a refused append; its own
-            // error says why (peer lost, corrupt ACK, ...).
-            if let Some(ce) = channel.failure() {
-                return Err(anyhow::Error::from(ce).context(format!(
-                    "the backup at {backup} is lost; outputs not ACKed stay held"
-                )));
-            }
-            return Err(e.into());
+            give_back("giving back the service address");
+            return Err(anyhow::Error::from(e).context(match shared.protection() {
+                Protection::Lost => format!(
+                    "VM {vm:?}: this primary lost its generation; outputs not ACKed stay held"
+                ),
+                _ => format!("VM {vm:?}: the primary stopped"),
+            }));
         }
     };
-    let stats = channel
-        .finish()
-        .with_context(|| format!("shipping the rest of the log to the backup at {backup}"))?;
     let r = Ordering::Relaxed;
-    eprintln!(
-        "channel: {} entries, {} bytes in {} sends, {} ACKs; outputs released {}; ring full {} times; lag max {} us, {} lag-control sleeps ({} us)",
-        stats.entries_sent,
-        stats.entry_bytes_sent,
-        stats.link.sends,
-        stats.acks,
-        gate_counters.released.load(r),
-        sink_stats.full_waits.load(r),
-        sink_stats.max_lag_us.load(r),
-        sink_stats.lag_sleeps.load(r),
-        sink_stats.lag_sleep_us.load(r),
-    );
+    match shared.channel_stats() {
+        Some(stats) => eprintln!(
+            "channel: {} entries, {} bytes in {} sends, {} ACKs; outputs released {}; ring full {} times; lag max {} us, {} lag-control sleeps ({} us)",
+            stats.entries_sent,
+            stats.entry_bytes_sent,
+            stats.link.sends,
+            stats.acks,
+            gate_counters.released.load(r),
+            sink_stats.full_waits.load(r),
+            sink_stats.max_lag_us.load(r),
+            sink_stats.lag_sleeps.load(r),
+            sink_stats.lag_sleep_us.load(r),
+        ),
+        None => eprintln!(
+            "ftvm primary: stopped {} at generation {} ({}); outputs released {}",
+            shared.protection().name(),
+            shared.generation(),
+            shared.note(),
+            gate_counters.released.load(r)
+        ),
+    }
+    give_back("giving back the service address");
     Ok(outcome)
 }
 
-/// `ftvm backup`: waits for a primary, replays its log as it arrives.
+/// `ftvm backup`: waits for a primary, replays its log as it arrives, and
+/// goes live if the primary is lost and this side wins the next generation.
 pub fn run_backup(a: BackupArgs, settings: &Settings) -> anyhow::Result<RunOutcome> {
     let s = with_transport(settings, a.transport.as_deref())?;
     let mut c = VmConfig::new(&a.guest, &s.vmm)?;
     c.guest_arg = a.arg;
+    c.disk = a.disk.clone();
+    let floating = a.pair.floating()?;
+    let service = a
+        .service
+        .as_deref()
+        .map(|addr| resolve_service("--service", addr))
+        .transpose()?;
+    // The standby NIC: its socket is reserved now (a busy address fails
+    // here, not at failover) unless a floating address must come first.
+    let reserve = if floating.is_some() { None } else { service };
+    let (nic, attach) = Nic::standby(reserve)?;
+    c.devices.push(Box::new(nic));
+    let arbiter = a.pair.arbiter("backup")?;
     let mut listener = transport::listen(&s.channel, &a.listen)?;
     eprintln!(
         "ftvm backup: waiting for a primary on {} ({})",
         listener.local_addr(),
         s.channel.transport.name()
     );
-    let BackupEnd {
-        source,
-        stats,
-        peer,
-    } = accept_backup(
-        &s,
-        listener.as_mut(),
-        &c.image,
-        Duration::from_secs(a.wait_secs),
-    )?;
-    eprintln!("ftvm backup: replaying the log of {peer}");
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing the signal handler")?;
     }
-    // A signal stops the backup only once it has replayed what it received.
-    c.stop = stop;
+    let opts = BackupOptions {
+        guest: a.guest.clone(),
+        guest_arg: a.arg,
+        vm: a.pair.vm.clone(),
+    };
+    let end = accept_backup(
+        &s,
+        listener.as_mut(),
+        &c.image,
+        &opts,
+        Duration::from_secs(a.wait_secs),
+    )?;
+    let (stats, status, stopper) = (end.stats.clone(), end.status.clone(), end.stopper.clone());
+    let serves = match (&floating, service.or(attach.reserved_addr())) {
+        (Some(f), Some(addr)) => format!("{} (floating, port {})", f.ip, addr.port()),
+        (Some(f), None) => format!("{} (floating)", f.ip),
+        (None, Some(addr)) => addr.to_string(),
+        (None, None) => "nothing (no --service)".to_string(),
+    };
+    eprintln!(
+        "ftvm backup: replaying the log of {} — VM {:?} at generation {}; if the primary is lost, this backup races for generation {} and serves {serves}",
+        end.peer,
+        end.hello.vm,
+        end.hello.generation,
+        end.hello.generation + 1,
+    );
+    // A signal stops the backup at the next exit boundary it reaches.
+    c.stop = stop.clone();
     if let Some(addr) = &a.status {
-        let st = stats.clone();
+        let (st, status) = (stats.clone(), status.clone());
         let local = ftvm_ft::status::serve(
             addr,
             Arc::new(move || {
                 let r = Ordering::Relaxed;
                 serde_json::json!({
                     "role": "backup",
-                    "mode": "replay",
+                    "vm": status.vm(),
+                    "generation": status.generation(),
+                    "phase": status.phase().name(),
                     "exit_ordinal": st.exit_ordinal.load(r),
                     "last_seq_replayed": st.replayed.load(r),
                     "received_not_replayed": st.backlog.load(r),
+                    "failover": status.timeline(),
                 })
             }),
         )
         .with_context(|| format!("serving status on {addr}"))?;
         eprintln!("ftvm backup: status on {local}");
     }
-    let outcome = Vm::new(c, RunMode::Replay(Box::new(source)))?.run()?;
+    let listen = listener.local_addr();
+    let stop2 = stop.clone();
+    let plan = StandbyPlan {
+        arbiter,
+        candidate: ftvm_ft::candidate("backup", &listen),
+        retry: Retry::default(),
+        service: ServiceTakeover {
+            nic: Some(attach),
+            addr: service,
+            floating: floating.clone(),
+        },
+        resend_replies: !a.no_resend,
+        give_up: Arc::new(move || stop2.load(Ordering::Relaxed)),
+    };
+    let source = end.install(&mut c, Some(plan));
+    let mut vm = Vm::new(c, RunMode::Replay(Box::new(source)))?;
+    let run = vm.run();
+    // Tell the primary why replay stopped (a Stop frame when the VM is
+    // dropped), unless it ended with the primary's own goodbye.
+    match &run {
+        Ok(o) if o.reason == StopReason::PrimaryStopped => {}
+        Ok(o) => stopper.set(
+            StopCause::Requested,
+            format!(
+                "the backup was stopped at exit {} (state digest {:016x})",
+                o.exits, o.state.digest
+            ),
+        ),
+        Err(e) => {
+            let cause = if is_divergence(e) {
+                StopCause::Diverged
+            } else {
+                StopCause::Failed
+            };
+            stopper.set(cause, ftvm_vmm::error_chain(e));
+        }
+    }
+    drop(vm);
+    if status.phase() == ftvm_ft::BackupPhase::Live
+        && let Some(f) = &floating
+        && let Err(e) = f.remove()
+    {
+        eprintln!("ftvm backup: giving back the service address: {e}");
+    }
+    let outcome = run?;
+    if outcome.reason == StopReason::Requested {
+        eprintln!(
+            "ftvm backup: stopped on request ({}) at exit {}, last seq replayed {}",
+            status.phase().name(),
+            outcome.exits,
+            stats.replayed.load(Ordering::Relaxed)
+        );
+    }
     Ok(outcome)
+}
+
+/// True when `e` is (or was caused by) a replay divergence.
+fn is_divergence(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<ftvm_vmm::Divergence>().is_some() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }

@@ -13,11 +13,12 @@ use ftvm_vmm::{LogFileReader, LogFileWriter, RunMode, RunOutcome, StopReason, Vm
 
 #[derive(Debug, clap::Subcommand)]
 pub enum VmmCommand {
-    /// Run a guest as the primary: record mode with --record-log (outputs
-    /// released at once: no backup yet), live mode without. Stops when the
-    /// guest exits or on SIGINT/SIGTERM (at the next exit, with a final
-    /// checkpoint).
-    Primary(PrimaryArgs),
+    /// Run a guest as the primary: protected by a backup with --backup
+    /// (every output waits for the backup's ACK; a lost backup makes it race
+    /// for the next generation at the arbiter), else record mode with
+    /// --record-log or live mode. Stops when the guest exits or on
+    /// SIGINT/SIGTERM (at the next exit, with a final checkpoint).
+    Primary(Box<PrimaryArgs>),
     /// Replay a recorded log offline, verifying every checkpoint.
     Replay(ReplayArgs),
 }
@@ -52,6 +53,8 @@ pub struct PrimaryArgs {
     /// Serve status (JSON) on this TCP address (`ftvm status ADDR`).
     #[arg(long, requires = "backup")]
     status: Option<String>,
+    #[command(flatten)]
+    pair: crate::ft_cmd::PairArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -69,7 +72,7 @@ pub struct ReplayArgs {
 
 pub fn run(cmd: VmmCommand, settings: &Settings) -> anyhow::Result<()> {
     match cmd {
-        VmmCommand::Primary(a) => primary(a, settings),
+        VmmCommand::Primary(a) => primary(*a, settings),
         VmmCommand::Replay(a) => replay(a, settings),
     }
 }
@@ -90,6 +93,16 @@ fn primary(a: PrimaryArgs, settings: &Settings) -> anyhow::Result<()> {
     c.disk = a.disk;
     c.max_exits = a.max_exits;
     c.stop = stop_on_signals()?;
+    let floating = match (&a.pair.service_ip, &a.pair.service_dev) {
+        (Some(ip), Some(dev)) => {
+            let f = ftvm_ft::FloatingIp::parse(ip, dev)?;
+            // The primary is live from the start: the address is its now.
+            f.add()?;
+            f.announce()?;
+            Some(f)
+        }
+        _ => None,
+    };
     if let Some(backup) = &a.backup {
         let outcome = crate::ft_cmd::run_primary(
             c,
@@ -98,6 +111,8 @@ fn primary(a: PrimaryArgs, settings: &Settings) -> anyhow::Result<()> {
             a.transport.as_deref(),
             a.status.as_deref(),
             a.record_log.as_deref(),
+            &a.pair,
+            floating.as_ref(),
         )?;
         report(&outcome);
         return finish(outcome);

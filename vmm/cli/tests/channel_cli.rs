@@ -161,10 +161,11 @@ fn sink_survives_a_corrupt_connection() {
         role: Role::Primary,
         version: VERSION,
         settings_fingerprint: ftvm_tuning::Settings::default().fingerprint(),
-        image_digest: 0,
         next_seq: 1,
+        settings: ftvm_tuning::Settings::default().fingerprint_text(),
+        ..Hello::default()
     });
-    sock.write_all(&hello.to_frame()).unwrap();
+    sock.write_all(&hello.to_frame().unwrap()).unwrap();
     let mut f = vec![0; frame_len(4)];
     encode(&mut f, &Header::new(Kind::Opaque, 1, 0, 4), b"good").unwrap();
     sock.write_all(&f).unwrap();

@@ -175,7 +175,13 @@ fn backup_with_another_guest_is_refused() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("guest image differs"), "{err}");
+    assert!(
+        err.contains("guest differs: peer runs \"echo\", ours \"kv\""),
+        "{err}"
+    );
     let (_, b_err, b_ok) = finish(backup, Duration::from_secs(10));
-    assert!(!b_ok && b_err.contains("guest image differs"), "{b_err}");
+    assert!(
+        !b_ok && b_err.contains("guest differs: peer runs \"kv\", ours \"echo\""),
+        "{b_err}"
+    );
 }

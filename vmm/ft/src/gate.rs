@@ -1,11 +1,11 @@
-//! The output rule for the VM: outputs wait in the channel thread's gate and
-//! leave the moment the backup's ACK covers their OUTPUT entry.
+//! The VM's side of the output rule: each output goes, with its OUTPUT
+//! entry's seq, to the primary's driver, which alone decides when it leaves
+//! (`crate::driver`). Inline and threaded drivers take them the same way.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
-use ftvm_channel::{AckHook, OutputGate as SeqGate, PrimaryShared};
 use ftvm_vmm::{OutputGate, Release};
 use ftvm_wire::Kind;
 
@@ -14,12 +14,12 @@ use ftvm_wire::Kind;
 pub struct GateCounters {
     /// Outputs submitted in record mode.
     pub submitted: AtomicU64,
-    /// Outputs released after their ACK.
+    /// Outputs released by the driver.
     pub released: AtomicU64,
 }
 
 impl GateCounters {
-    /// Outputs waiting for an ACK now.
+    /// Outputs waiting now.
     pub fn held(&self) -> u64 {
         // Relaxed: approximate reporting counters.
         self.submitted
@@ -28,12 +28,9 @@ impl GateCounters {
     }
 }
 
-/// An output on its way to the gate: its OUTPUT entry's seq and its release.
-type Held = (u64, Release);
-
-/// The VM's side of the gate: hands each output to the channel thread.
+/// The VM's output gate on a protected primary.
 pub struct ChannelGate {
-    tx: Sender<Held>,
+    tx: Sender<(u64, Release)>,
     counters: Arc<GateCounters>,
 }
 
@@ -51,41 +48,27 @@ impl OutputGate for ChannelGate {
             // Live mode: nothing to wait for.
             None => release(),
             Some(seq) => {
+                // Relaxed: a reporting counter.
                 self.counters.submitted.fetch_add(1, Ordering::Relaxed);
-                // The receiver lives as long as the channel thread; if that
-                // thread is gone the output stays held forever — never released
-                // without its ACK.
+                // The receiver lives as long as the driver; once it is gone
+                // the output stays held forever — never released without
+                // the fence's consent.
                 let _ = self.tx.send((seq, release));
             }
         }
     }
 }
 
-/// Builds the gate pair: the VM's [`ChannelGate`], the [`AckHook`] the
-/// channel thread runs after every poll round (for `Primary::spawn_with`),
-/// and the counters.
-pub fn gate_pair() -> (ChannelGate, AckHook, Arc<GateCounters>) {
-    let (tx, rx): (Sender<Held>, Receiver<Held>) = crossbeam_channel::unbounded();
+/// The VM's gate, the driver's end of it, and the counters.
+pub(crate) fn gate_channel() -> (ChannelGate, Receiver<(u64, Release)>, Arc<GateCounters>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
     let counters = Arc::new(GateCounters::default());
-    let c = counters.clone();
-    let mut gate: SeqGate<Release> = SeqGate::new();
-    let hook: AckHook = Box::new(move |shared: &PrimaryShared| {
-        while let Ok((seq, release)) = rx.try_recv() {
-            // The VMM submits outputs in seq order; a violation would be a
-            // VMM bug; such an output is dropped unreleased (never released early).
-            let _ = gate.hold(seq, release);
-        }
-        let n = gate.release(shared.acked_seq(), |_, release| release());
-        if n > 0 {
-            c.released.fetch_add(n as u64, Ordering::Relaxed);
-        }
-    });
     (
         ChannelGate {
             tx,
             counters: counters.clone(),
         },
-        hook,
+        rx,
         counters,
     )
 }

@@ -3,20 +3,24 @@
 //! the demo, the end-to-end benchmark and tests.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use ftvm_arbiter::{Arbiter, Retry};
 use ftvm_channel::{PrimaryStats, transport};
 use ftvm_tuning::Settings;
 use ftvm_vmm::devices::net::Nic;
 use ftvm_vmm::{ConsoleTarget, LogSource, RunMode, RunOutcome, Vm, VmConfig, error_chain};
 
-use crate::{BackupEnd, GateCounters, SinkStats, accept_backup, connect_primary};
+use crate::{
+    BackupOptions, ChannelSource, DriverShared, GateCounters, PairIdentity, PrimaryOptions,
+    SinkStats, accept_backup, claim_generation, connect_primary,
+};
 
 /// Wraps the backup's replay source (tests throttle replay with it).
-pub type WrapSource = Box<dyn FnOnce(BackupEnd) -> Box<dyn LogSource> + Send>;
+pub type WrapSource = Box<dyn FnOnce(ChannelSource) -> Box<dyn LogSource> + Send>;
 
 /// How a [`LocalPair`] is protected.
 pub enum Protection {
@@ -24,7 +28,10 @@ pub enum Protection {
     Off,
     /// A backup on `listen`; the primary connects to `connect(listen_addr)`
     /// (the same address, or a proxy in front of it). `wrap` may wrap the
-    /// backup's log source (tests throttle replay with it).
+    /// backup's log source (tests throttle replay with it). The pair's
+    /// arbiter is a fresh `file:` directory of its own. The backup has no
+    /// failover plan (a lost primary is an error there); the primary's
+    /// driver reacts to a lost backup as always (it goes unprotected).
     On {
         /// Backup's listening address (`127.0.0.1:0`, or an shm name).
         listen: String,
@@ -64,6 +71,8 @@ pub struct LocalPair {
     pub gate: Option<Arc<GateCounters>>,
     /// Sink counters (protected only).
     pub sink: Option<Arc<SinkStats>>,
+    /// The primary driver's state (protected only).
+    pub driver: Option<Arc<DriverShared>>,
     /// The guest's console output.
     pub console: Arc<Mutex<Vec<u8>>>,
     stop: Arc<AtomicBool>,
@@ -92,6 +101,19 @@ fn config(
     Ok(c)
 }
 
+/// A `file:` arbiter in a fresh temporary directory (one per local pair).
+fn local_arbiter() -> Result<Arc<dyn Arbiter>, String> {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ftvm-local-arbiter-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    ftvm_arbiter::open(&format!("file:{}", dir.display()))
+        .map(Arc::from)
+        .map_err(|e| e.to_string())
+}
+
 impl LocalPair {
     /// Starts `guest` serving on a free loopback UDP port, protected or not.
     pub fn start(
@@ -106,9 +128,9 @@ impl LocalPair {
         let service = nic.local_addr().ok_or("the NIC has no address")?;
         c.devices.push(Box::new(nic));
         let stop = c.stop.clone();
-        let (mut gate_counters, mut sink_stats, mut backup) = (None, None, None);
-        let mode_and_handle = match protection {
-            Protection::Off => (RunMode::Live, None),
+        let (mut gate_counters, mut sink_stats, mut driver, mut backup) = (None, None, None, None);
+        let mode = match protection {
+            Protection::Off => RunMode::Live,
             Protection::On {
                 listen,
                 connect,
@@ -119,61 +141,75 @@ impl LocalPair {
                 let bound = listener.local_addr();
                 let sb = settings.clone();
                 let bconsole = Arc::new(Mutex::new(Vec::new()));
-                let bc = config(guest, settings, &bconsole)?;
+                let mut bc = config(guest, settings, &bconsole)?;
+                let opts = BackupOptions {
+                    guest: guest.to_string(),
+                    ..BackupOptions::default()
+                };
                 backup = Some(std::thread::spawn(move || {
                     let image = bc.image.clone();
-                    let end =
-                        accept_backup(&sb, listener.as_mut(), &image, Duration::from_secs(10))
-                            .map_err(|e| error_chain(&e))?;
+                    let end = accept_backup(
+                        &sb,
+                        listener.as_mut(),
+                        &image,
+                        &opts,
+                        Duration::from_secs(10),
+                    )
+                    .map_err(|e| error_chain(&e))?;
+                    let source = end.install(&mut bc, None);
                     let source: Box<dyn LogSource> = match wrap {
-                        Some(w) => w(end),
-                        None => Box::new(end.source),
+                        Some(w) => w(source),
+                        None => Box::new(source),
                     };
                     Vm::new(bc, RunMode::Replay(source))
                         .and_then(|mut vm| vm.run())
                         .map_err(|e| error_chain(&e))
                 }));
-                let end = connect_primary(settings, &connect(&bound), &c.image)
+                let arbiter = local_arbiter()?;
+                let vm = format!("{guest}-{}", service.port());
+                let candidate = crate::candidate("primary", &service.to_string());
+                let generation = claim_generation(arbiter.as_ref(), &vm, &candidate)
+                    .map_err(|e| error_chain(&e))?;
+                let stop2 = stop.clone();
+                let opts = PrimaryOptions {
+                    pair: PairIdentity {
+                        vm,
+                        generation,
+                        candidate,
+                        arbiter,
+                        retry: Retry::default(),
+                    },
+                    guest: guest.to_string(),
+                    guest_arg: c.guest_arg,
+                    give_up: Arc::new(move || stop2.load(Ordering::Relaxed)),
+                };
+                let end = connect_primary(settings, &connect(&bound), &c.image, opts)
                     .map_err(|e| error_chain(&e))?;
                 gate_counters = Some(end.gate_counters.clone());
                 sink_stats = Some(end.sink_stats.clone());
-                let (mode, channel) = end.install(&mut c);
-                (mode, Some(channel))
+                driver = Some(end.shared.clone());
+                RunMode::Record(Box::new(end.install(&mut c)))
             }
         };
-        let (mode, handle) = mode_and_handle;
+        let shared = driver.clone();
         let primary = std::thread::spawn(move || {
             let run = Vm::new(c, mode).and_then(|mut vm| vm.run());
-            let outcome = match (run, handle) {
-                (Ok(o), Some(h)) => {
-                    let stats = h
-                        .finish()
-                        .map_err(|e| format!("primary channel: {}", error_chain(&e)))?;
-                    return Ok((o, Some(stats)));
-                }
-                (Ok(o), None) => o,
-                (Err(e), Some(mut h)) => {
-                    let channel = h
-                        .failure()
-                        .map(|ce| format!("; channel: {}", error_chain(&ce)))
-                        .unwrap_or_default();
-                    return Err(format!("primary VM: {}{channel}", error_chain(&e)));
-                }
-                (Err(e), None) => return Err(format!("primary VM: {}", error_chain(&e))),
-            };
-            Ok((outcome, None))
+            match run {
+                Ok(o) => Ok((o, shared.and_then(|s| s.channel_stats()))),
+                Err(e) => Err(format!("primary VM: {}", error_chain(&e))),
+            }
         });
         Ok(LocalPair {
             service,
             gate: gate_counters,
             sink: sink_stats,
+            driver,
             console,
             stop,
             primary,
             backup,
         })
     }
-
     /// True once the primary VM stopped by itself (guest exit or error).
     pub fn is_finished(&self) -> bool {
         self.primary.is_finished()

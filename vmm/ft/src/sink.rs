@@ -1,21 +1,37 @@
-//! The primary VM's log sink: entries go into the channel's log ring.
+//! The primary VM's log sink: entries go into the channel's log ring, and
+//! the [`PrimaryDriver`] ships them.
 //!
-//! Flow control: a full ring pauses the vCPU here until the channel drains
-//! it. Lag control: when the backup's replay falls more than `lag_limit_us`
-//! behind (measured as the age of the oldest entry it has not yet replayed),
-//! each append sleeps in proportion to the excess, slowing the guest until
-//! the backup catches up.
+//! * **Inline** (the default with a transport that has a readiness fd, tcp):
+//!   the sink owns the driver and exposes it to the VM as its event source,
+//!   so the vCPU thread drives the channel at every exit end and WAIT pass
+//!   and sleeps on the socket in WAIT (an ACK wakes it). A full ring pumps
+//!   the driver until there is room.
+//! * **Threaded** (`channel.threaded`, or shm/uring, which cannot wake a
+//!   sleeping vCPU): the driver runs on a channel thread of its own, which
+//!   also performed the handshake (io_uring rings are single-issuer). The
+//!   sink's event source only watches the driver's state, so a lost
+//!   arbitration stops the VM even while it sleeps in WAIT.
+//!
+//! Flow control: a full ring pauses the vCPU until the driver drains it;
+//! nothing is dropped. Lag control: while protected, when the backup's
+//! replay falls more than `lag_limit_us` behind (the age of the oldest
+//! sampled entry it has not replayed), appends sleep in proportion to the
+//! excess. When the VM stops, [`LogSink::flush`] finishes the driver
+//! (ship, last ACK, goodbye, release).
 
 use std::collections::VecDeque;
+use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ftvm_channel::{AppendError, Appender, PrimaryShared};
+use ftvm_channel::{AppendError, Appender};
 use ftvm_vmm::log::{LogSink, LogSinkError};
+use ftvm_vmm::{EventSource, EventSourceError, PollPoint};
 use ftvm_wire::Header;
 
-use crate::inline::{InlineShared, lock};
+use crate::driver::{DriverError, DriverShared, PrimaryDriver, Protection};
 
 /// Entries between two lag samples.
 const SAMPLE_EVERY: u64 = 64;
@@ -45,42 +61,93 @@ pub struct SinkStats {
     pub max_lag_us: AtomicU64,
 }
 
-/// A `LogSink` over the channel's appender.
+/// A driver on a channel thread of its own.
+#[derive(Debug)]
+pub(crate) struct DriverThread {
+    pub(crate) thread: Option<JoinHandle<Result<(), DriverError>>>,
+    /// Asks the thread to finish in order (ship, last ACK, goodbye).
+    pub(crate) finish: Arc<AtomicBool>,
+    /// Asks the thread to stop without finishing (the VM failed).
+    pub(crate) abandon: Arc<AtomicBool>,
+    pub(crate) shared: Arc<DriverShared>,
+}
+
+impl DriverThread {
+    fn join(&mut self) -> Result<(), LogSinkError> {
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r.map_err(|e| LogSinkError::Closed(e.to_string())),
+            Some(Err(_)) => Err(LogSinkError::Closed(
+                "the primary's channel thread panicked".into(),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+impl EventSource for DriverThread {
+    fn poll(&mut self, _at: PollPoint) -> Result<usize, EventSourceError> {
+        self.shared.drain_kick();
+        match self.shared.protection() {
+            Protection::Lost => Err(EventSourceError {
+                name: "primary channel",
+                reason: self.shared.note(),
+            }),
+            _ => Ok(0),
+        }
+    }
+
+    fn wait_fd(&self) -> Option<RawFd> {
+        Some(self.shared.kick_fd())
+    }
+}
+
+#[derive(Debug)]
+enum Drive {
+    Inline(Box<PrimaryDriver>),
+    Threaded(DriverThread),
+}
+
+/// A `LogSink` over the channel's log ring.
 #[derive(Debug)]
 pub struct ChannelSink {
     app: Appender,
-    /// Inline mode: the sink drives the channel itself (see `inline.rs`).
-    inline: Option<InlineShared>,
-    shared: Arc<PrimaryShared>,
+    drive: Drive,
+    shared: Arc<DriverShared>,
     lag_limit: Duration,
     samples: VecDeque<(u64, Instant)>,
     stats: Arc<SinkStats>,
 }
 
 impl ChannelSink {
-    /// A sink appending with `app`, watching the channel thread through
-    /// `shared`, slowing the guest when replay lags over `lag_limit`.
-    pub fn new(app: Appender, shared: Arc<PrimaryShared>, lag_limit: Duration) -> ChannelSink {
+    /// A sink that drives `driver` itself (inline mode).
+    pub(crate) fn inline(app: Appender, driver: PrimaryDriver, lag_limit: Duration) -> ChannelSink {
+        let shared = driver.shared().clone();
+        ChannelSink::with(app, Drive::Inline(Box::new(driver)), shared, lag_limit)
+    }
+
+    /// A sink whose driver runs on its own thread.
+    pub(crate) fn threaded(
+        app: Appender,
+        thread: DriverThread,
+        lag_limit: Duration,
+    ) -> ChannelSink {
+        let shared = thread.shared.clone();
+        ChannelSink::with(app, Drive::Threaded(thread), shared, lag_limit)
+    }
+
+    fn with(
+        app: Appender,
+        drive: Drive,
+        shared: Arc<DriverShared>,
+        lag_limit: Duration,
+    ) -> ChannelSink {
         ChannelSink {
             app,
-            inline: None,
+            drive,
             shared,
             lag_limit,
             samples: VecDeque::new(),
             stats: Arc::new(SinkStats::default()),
-        }
-    }
-
-    /// A sink that also drives the inline channel `inline`.
-    pub(crate) fn inline(
-        app: Appender,
-        inline: InlineShared,
-        shared: Arc<PrimaryShared>,
-        lag_limit: Duration,
-    ) -> ChannelSink {
-        ChannelSink {
-            inline: Some(inline),
-            ..ChannelSink::new(app, shared, lag_limit)
         }
     }
 
@@ -89,12 +156,43 @@ impl ChannelSink {
         self.stats.clone()
     }
 
-    fn channel_gone(&self) -> LogSinkError {
-        LogSinkError::Closed(format!(
-            "the channel to the backup stopped (last seq sent {}, acked {}); its error follows",
-            self.shared.last_sent_seq(),
-            self.shared.acked_seq()
-        ))
+    /// What the driver publishes.
+    pub fn shared(&self) -> Arc<DriverShared> {
+        self.shared.clone()
+    }
+
+    fn driver_gone(&mut self) -> LogSinkError {
+        match &mut self.drive {
+            Drive::Threaded(t) => t
+                .join()
+                .err()
+                .unwrap_or_else(|| LogSinkError::Closed(self.shared.note())),
+            Drive::Inline(_) => LogSinkError::Closed(self.shared.note()),
+        }
+    }
+
+    /// Waits for room in the ring: the driver drains it (inline: by being
+    /// pumped here).
+    fn wait_for_room(&mut self, spins: &mut u32) -> Result<(), LogSinkError> {
+        match &mut self.drive {
+            Drive::Inline(d) => {
+                d.pump(PollPoint::Wait)
+                    .map_err(|e| LogSinkError::Closed(e.to_string()))?;
+            }
+            Drive::Threaded(t) => {
+                if t.thread.as_ref().is_none_or(JoinHandle::is_finished) {
+                    return Err(self.driver_gone());
+                }
+                *spins += 1;
+                if *spins < 1000 {
+                    std::hint::spin_loop();
+                } else {
+                    // A driver stuck in arbitration: do not burn the core.
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Replay lag: age of the oldest sampled entry the backup has not replayed.
@@ -114,6 +212,11 @@ impl ChannelSink {
 
     fn lag_control(&mut self, seq: u64) {
         if !seq.is_multiple_of(SAMPLE_EVERY) {
+            return;
+        }
+        if self.shared.protection() != Protection::Protected {
+            // No backup, no lag.
+            self.samples.clear();
             return;
         }
         let now = Instant::now();
@@ -145,22 +248,14 @@ impl LogSink for ChannelSink {
             )));
         }
         let mut waited: Option<Instant> = None;
+        let mut spins = 0;
         loop {
             match self.app.append(header.kind, header.exit_ordinal, payload) {
                 Ok(_) => break,
                 Err(AppendError::Full { .. }) => {
-                    if self.shared.is_stopped() {
-                        return Err(self.channel_gone());
-                    }
-                    // Flow control: the vCPU pauses until the channel drains
-                    // (inline: it drains the ring itself).
+                    // Flow control: the vCPU pauses until the ring drains.
                     waited.get_or_insert_with(Instant::now);
-                    match &self.inline {
-                        Some(i) => {
-                            lock(i).pump();
-                        }
-                        None => std::hint::spin_loop(),
-                    }
+                    self.wait_for_room(&mut spins)?;
                 }
                 Err(e) => {
                     return Err(LogSinkError::Closed(format!(
@@ -170,6 +265,7 @@ impl LogSink for ChannelSink {
                 }
             }
         }
+        // Relaxed: reporting counters.
         if let Some(t) = waited {
             self.stats.full_waits.fetch_add(1, Ordering::Relaxed);
             self.stats
@@ -183,23 +279,39 @@ impl LogSink for ChannelSink {
         self.stats
             .exit_ordinal
             .store(header.exit_ordinal, Ordering::Relaxed);
-        if let Some(i) = &self.inline
-            && header.kind.is_output()
-        {
-            // An output waits on this entry: ship it now.
-            lock(i).pump();
-        }
-        if self.shared.is_stopped() {
-            return Err(self.channel_gone());
-        }
         self.lag_control(header.seq);
         Ok(())
     }
 
+    /// The VM stopped: the driver finishes (ships the rest, waits for the
+    /// last ACK, says goodbye, releases what is held).
     fn flush(&mut self) -> Result<(), LogSinkError> {
-        // The channel thread ships committed entries on its own; the final
-        // ACK is awaited by `PrimaryHandle::finish`.
-        Ok(())
+        match &mut self.drive {
+            Drive::Inline(d) => d.finish().map_err(|e| LogSinkError::Closed(e.to_string())),
+            Drive::Threaded(t) => {
+                t.finish.store(true, Ordering::Release);
+                t.join()
+            }
+        }
+    }
+
+    fn events(&mut self) -> Option<&mut dyn EventSource> {
+        Some(match &mut self.drive {
+            Drive::Inline(d) => d.as_mut(),
+            Drive::Threaded(t) => t,
+        })
+    }
+}
+
+impl Drop for ChannelSink {
+    /// A VM that failed: a threaded driver stops without finishing (the
+    /// connection closes; the backup takes it as the primary's loss).
+    fn drop(&mut self) {
+        if let Drive::Threaded(t) = &mut self.drive {
+            // Release: pairs with the Acquire load on the channel thread.
+            t.abandon.store(true, Ordering::Release);
+            let _ = t.join();
+        }
     }
 }
 
@@ -227,5 +339,9 @@ impl<A: LogSink, B: LogSink> LogSink for TeeSink<A, B> {
     fn flush(&mut self) -> Result<(), LogSinkError> {
         self.first.flush()?;
         self.second.flush()
+    }
+
+    fn events(&mut self) -> Option<&mut dyn EventSource> {
+        self.first.events()
     }
 }

@@ -8,15 +8,26 @@
 //!   receipt even while a backlog is replayed — and the pair needs no extra
 //!   busy thread (what a 2-core host wants);
 //! * **threaded**: a receiver thread on `receiver_core` fills a replay ring.
+//!
+//! When the channel fails (EOF, reset, corrupt frame, silence) the source
+//! records the moment (the backup's *detection*), hands out every entry
+//! received before the fault (*draining*), then reports
+//! [`SourcePoll::Lost`]; the VM's failover plan takes it from there. When
+//! the backup itself stops replaying (divergence, a signal, an error) the
+//! source tells the primary at once with a Stop frame ([`Stopper`]).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-use ftvm_channel::{Backup, BackupHandle, ChannelError, ReplayFeed};
+use ftvm_channel::{Backup, BackupHandle, ChannelError, ReplayFeed, STOP_SEND_WAIT};
 use ftvm_ring::idle::Idler;
 use ftvm_vmm::log::{LogEntry, LogSource, LogSourceError, SourcePoll};
 use ftvm_wire::Frame;
+use ftvm_wire::control::StopCause;
+
+use crate::golive::BackupStatus;
 
 /// Counters of the source, shared with the status endpoint.
 #[derive(Debug, Default)]
@@ -29,12 +40,29 @@ pub struct SourceStats {
     pub backlog: AtomicU64,
 }
 
+/// Why the backup stopped replaying, told to the primary in a Stop frame
+/// when the source is dropped. Unset at drop time means the replay ended
+/// with the primary (its final checkpoint): the goodbye exchange completes.
+#[derive(Clone, Debug, Default)]
+pub struct Stopper(Arc<Mutex<Option<(StopCause, String)>>>);
+
+impl Stopper {
+    /// Records why the backup stops.
+    pub fn set(&self, cause: StopCause, reason: impl Into<String>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((cause, reason.into()));
+    }
+
+    fn take(&self) -> Option<(StopCause, String)> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
 #[derive(Debug)]
 enum Drive {
     /// The backup end, and the idle strategy for empty polls: once it
     /// reaches its park phase the replay thread blocks on the transport for
     /// `park` instead of spinning.
-    Inline(Box<Backup>, Box<Idler>, std::time::Duration),
+    Inline(Box<Backup>, Box<Idler>, Duration),
     Threaded {
         feed: ReplayFeed,
         handle: Option<BackupHandle>,
@@ -49,6 +77,10 @@ pub struct ChannelSource {
     /// The channel's verdict once it stopped: Ok = orderly goodbye.
     ended: Option<Result<(), String>>,
     stats: Arc<SourceStats>,
+    /// The primary's released-through watermark (read by the standby gate).
+    released: Arc<AtomicU64>,
+    status: Arc<BackupStatus>,
+    stopper: Stopper,
 }
 
 fn owned(f: &Frame<'_>) -> LogEntry {
@@ -65,28 +97,45 @@ fn describe(e: &ChannelError) -> String {
 impl ChannelSource {
     /// A source that polls `backup` from the replay thread, idling per
     /// `settings.idle` when nothing has arrived.
-    pub fn inline(backup: Backup, settings: &ftvm_tuning::ChannelSettings) -> ChannelSource {
-        ChannelSource::with(Drive::Inline(
-            Box::new(backup),
-            Box::new(ftvm_channel::idler_for(settings)),
-            std::time::Duration::from_micros(settings.park_us),
-        ))
+    pub(crate) fn inline(
+        backup: Backup,
+        settings: &ftvm_tuning::ChannelSettings,
+        status: Arc<BackupStatus>,
+    ) -> ChannelSource {
+        ChannelSource::with(
+            Drive::Inline(
+                Box::new(backup),
+                Box::new(ftvm_channel::idler_for(settings)),
+                Duration::from_micros(settings.park_us),
+            ),
+            status,
+        )
     }
 
     /// A source over a receiver thread's `feed`.
-    pub fn threaded(feed: ReplayFeed, handle: BackupHandle) -> ChannelSource {
-        ChannelSource::with(Drive::Threaded {
-            feed,
-            handle: Some(handle),
-        })
+    pub(crate) fn threaded(
+        feed: ReplayFeed,
+        handle: BackupHandle,
+        status: Arc<BackupStatus>,
+    ) -> ChannelSource {
+        ChannelSource::with(
+            Drive::Threaded {
+                feed,
+                handle: Some(handle),
+            },
+            status,
+        )
     }
 
-    fn with(drive: Drive) -> ChannelSource {
+    fn with(drive: Drive, status: Arc<BackupStatus>) -> ChannelSource {
         ChannelSource {
             drive,
             buf: VecDeque::new(),
             ended: None,
             stats: Arc::new(SourceStats::default()),
+            released: Arc::new(AtomicU64::new(0)),
+            status,
+            stopper: Stopper::default(),
         }
     }
 
@@ -95,13 +144,23 @@ impl ChannelSource {
         self.stats.clone()
     }
 
+    /// The primary's released-through watermark, kept current by the source.
+    pub fn released(&self) -> Arc<AtomicU64> {
+        self.released.clone()
+    }
+
+    /// The handle through which the backup says why it stops.
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
     /// Receives what has arrived; records the channel's end when it stopped.
     fn pump(&mut self) {
         if self.ended.is_some() {
             return;
         }
         let buf = &mut self.buf;
-        match &mut self.drive {
+        let ended = match &mut self.drive {
             Drive::Inline(b, idler, park) => {
                 let result = b.poll(|_, f| buf.push_back(owned(f))).and_then(|work| {
                     let idle = work == 0 && buf.is_empty() && !b.is_ended();
@@ -114,24 +173,38 @@ impl ChannelSource {
                     }
                     Ok(work)
                 });
+                // Relaxed: a watermark for the standby gate, read on this thread.
+                self.released.store(b.released_seq(), Ordering::Relaxed);
                 match result {
-                    Ok(_) if b.is_ended() => self.ended = Some(Ok(())),
-                    Ok(_) => {}
-                    Err(e) => self.ended = Some(Err(describe(&e))),
+                    Ok(_) if b.is_ended() => Some(Ok(())),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(describe(&e))),
                 }
             }
             Drive::Threaded { feed, handle } => {
                 let finished = handle.as_ref().is_none_or(BackupHandle::is_finished);
                 feed.drain(|f| buf.push_back(owned(f)));
+                if let Some(h) = handle.as_ref() {
+                    self.released.store(h.released_seq(), Ordering::Relaxed);
+                }
                 if finished {
                     // Everything the thread received before it stopped is drained.
                     feed.drain(|f| buf.push_back(owned(f)));
-                    self.ended = Some(match handle.take() {
+                    Some(match handle.take() {
                         Some(mut h) => h.join().map(|_| ()).map_err(|e| describe(&e)),
                         None => Ok(()),
-                    });
+                    })
+                } else {
+                    None
                 }
             }
+        };
+        if let Some(Err(reason)) = &ended {
+            // Replaying → Draining: the primary is lost as of now.
+            self.status.primary_lost(reason, self.buf.len());
+        }
+        if ended.is_some() {
+            self.ended = ended;
         }
     }
 
@@ -148,12 +221,12 @@ impl LogSource for ChannelSource {
         // Poll on every call: entries are ACKed on receipt, not on replay.
         self.pump();
         let Some(entry) = self.buf.pop_front() else {
-            return match &self.ended {
-                None => Ok(SourcePoll::Pending),
-                Some(Ok(())) => Ok(SourcePoll::End),
+            return Ok(match &self.ended {
+                None => SourcePoll::Pending,
+                Some(Ok(())) => SourcePoll::End,
                 // Entries received before the fault were all replayed first.
-                Some(Err(e)) => Err(LogSourceError::Channel(e.clone())),
-            };
+                Some(Err(e)) => SourcePoll::Lost { reason: e.clone() },
+            });
         };
         // The previous entry has been applied by the replayer.
         let seq = entry.header.seq;
@@ -171,17 +244,33 @@ impl LogSource for ChannelSource {
 }
 
 impl Drop for ChannelSource {
-    /// The replayer is done (usually at the primary's final checkpoint): keep
-    /// the channel going until the goodbye exchange completes, so the last
-    /// entries are ACKed and the primary's orderly shutdown succeeds. Bounded
-    /// by the peer timeout, which ends the wait if the primary is gone.
+    /// The replayer is done. If it stopped for a reason of its own
+    /// ([`Stopper`]), the primary hears why at once (Stop frame) and treats
+    /// the backup as lost. Otherwise (the primary's final checkpoint) the
+    /// channel goes on until the goodbye exchange completes, so the last
+    /// entries are ACKed and the primary's orderly shutdown succeeds —
+    /// bounded by the peer timeout, which ends the wait if the primary is gone.
     fn drop(&mut self) {
-        if let Drive::Inline(b, ..) = &mut self.drive {
-            while self.ended.is_none() {
-                match b.poll(|_, _| {}) {
-                    Ok(_) if b.is_ended() => self.ended = Some(Ok(())),
-                    Ok(_) => std::thread::yield_now(),
-                    Err(e) => self.ended = Some(Err(describe(&e))),
+        if self.ended.is_some() {
+            return;
+        }
+        let stop = self.stopper.take();
+        match &mut self.drive {
+            Drive::Inline(b, ..) => match stop {
+                Some((cause, reason)) => b.stop(cause, &reason, STOP_SEND_WAIT),
+                None => {
+                    while self.ended.is_none() {
+                        match b.poll(|_, _| {}) {
+                            Ok(_) if b.is_ended() => self.ended = Some(Ok(())),
+                            Ok(_) => std::thread::yield_now(),
+                            Err(e) => self.ended = Some(Err(describe(&e))),
+                        }
+                    }
+                }
+            },
+            Drive::Threaded { handle, .. } => {
+                if let (Some(h), Some((cause, reason))) = (handle.take(), stop) {
+                    let _ = h.abort(cause, &reason);
                 }
             }
         }

@@ -43,6 +43,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use ftvm_wire::Kind;
 
 use crate::device::{Device, DeviceError, ExitCtx, out_u32};
+use crate::journal::Mode;
 use crate::layout::DEV_REGION;
 
 /// Guest-visible constants of the block device.
@@ -387,7 +388,9 @@ impl Block {
         let data: Arc<[u8]> = mem.read_vec(buf, len)?.into();
         let file = self.file.clone();
         let stats = Arc::clone(&self.stats);
-        let held = self.held.clone();
+        // A replaying device reads from the log, never the file, and its
+        // writes are released only at go-live, if at all: nothing to patch.
+        let held = self.held.clone().filter(|_| ctx.mode() != Mode::Replay);
         let generation = held.as_ref().map(|h| lock_held(h).hold(sector, &data));
         let bytes = Arc::clone(&data);
         ctx.output(Kind::DiskWrite, port, &data, move || {

@@ -26,8 +26,12 @@ pub(crate) fn core_devices(config: &VmConfig) -> Vec<Box<dyn Device>> {
 
 /// The NIC and block device (vmm-net's `net.rs`, `block.rs`). Record and
 /// live: built from `VmConfig::service` and `VmConfig::disk` when given.
-/// Replay: always present and detached (no socket, no file: received
-/// packets and read data come from the log, outputs are checked and dropped).
+/// Replay: always present; the NIC detached (no socket: received packets
+/// come from the log, outputs are checked), the block device detached too
+/// unless a shared disk is given — then it holds the file, so that writes
+/// kept by a standby can be re-issued at go-live (reads still come from the
+/// log). A backup that will go live brings its own standby NIC in
+/// `VmConfig::devices`.
 pub(crate) fn extra_devices(
     config: &VmConfig,
     mode: Mode,
@@ -35,7 +39,10 @@ pub(crate) fn extra_devices(
     let mut v: Vec<Box<dyn Device>> = Vec::new();
     if mode == Mode::Replay {
         v.push(Box::new(net::Nic::detached()));
-        v.push(Box::new(block::Block::detached()));
+        match &config.disk {
+            Some(path) => v.push(Box::new(open_disk(path)?)),
+            None => v.push(Box::new(block::Block::detached())),
+        }
         return Ok(v);
     }
     if let Some(addr) = config.service {
@@ -46,11 +53,14 @@ pub(crate) fn extra_devices(
         v.push(Box::new(nic));
     }
     if let Some(path) = &config.disk {
-        let disk = block::Block::open(path).map_err(|e| crate::vm::VmError::DeviceSetup {
-            device: "block",
-            detail: e.to_string(),
-        })?;
-        v.push(Box::new(disk));
+        v.push(Box::new(open_disk(path)?));
     }
     Ok(v)
+}
+
+fn open_disk(path: &std::path::Path) -> Result<block::Block, crate::vm::VmError> {
+    block::Block::open(path).map_err(|e| crate::vm::VmError::DeviceSetup {
+        device: "block",
+        detail: e.to_string(),
+    })
 }

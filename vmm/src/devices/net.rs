@@ -40,8 +40,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::ops::RangeInclusive;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use ftvm_wire::Kind;
 
@@ -147,28 +147,74 @@ impl NicStats {
 /// The NIC device (ports `0x40`), backed by a UDP socket on the host.
 #[derive(Debug)]
 pub struct Nic {
-    /// `None` for a replay-only NIC (packets come from the log).
-    socket: Option<Arc<UdpSocket>>,
-    addr: Option<SocketAddr>,
+    /// The service socket; empty for a replay-only NIC (packets come from
+    /// the log) until a standby NIC is attached at go-live ([`NicAttach`]).
+    socket: Arc<OnceLock<UdpSocket>>,
+    /// A standby NIC without its socket yet delivers nothing instead of
+    /// failing (a detached one fails if asked for host packets).
+    standby: bool,
     stats: Arc<NicStats>,
     buf: Vec<u8>,
+}
+
+/// Binds a nonblocking UDP service socket.
+fn bind_service(addr: SocketAddr) -> Result<UdpSocket, NicSetupError> {
+    let err = |what| move |source| NicSetupError::Socket { addr, what, source };
+    let socket = UdpSocket::bind(addr).map_err(err("bind"))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(err("set nonblocking"))?;
+    Ok(socket)
+}
+
+/// Gives a standby NIC its service socket when the backup goes live.
+#[derive(Debug)]
+pub struct NicAttach {
+    slot: Arc<OnceLock<UdpSocket>>,
+    reserved: Option<UdpSocket>,
+}
+
+impl NicAttach {
+    /// Attaches the socket reserved by [`Nic::standby`], or binds `addr`
+    /// now (e.g. a floating service IP added just before); returns the
+    /// bound address. From here on the NIC sends and receives on it, and
+    /// outputs released later (re-sent replies) leave from it.
+    pub fn attach(&mut self, addr: Option<SocketAddr>) -> Result<SocketAddr, NicSetupError> {
+        let socket = match (self.reserved.take(), addr) {
+            (Some(s), _) => s,
+            (None, Some(addr)) => bind_service(addr)?,
+            (None, None) => {
+                return Err(NicSetupError::Socket {
+                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    what: "attach",
+                    source: std::io::Error::other("no service address to bind"),
+                });
+            }
+        };
+        let bound = socket
+            .local_addr()
+            .map_err(|source| NicSetupError::Socket {
+                addr: addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                what: "local address",
+                source,
+            })?;
+        // A second attach keeps the first socket: the slot is set once.
+        let _ = self.slot.set(socket);
+        Ok(bound)
+    }
+
+    /// The address of the reserved socket, if one was bound at start.
+    pub fn reserved_addr(&self) -> Option<SocketAddr> {
+        self.reserved.as_ref().and_then(|s| s.local_addr().ok())
+    }
 }
 
 impl Nic {
     /// Binds the service socket on `addr` (port 0: any; see [`Nic::local_addr`]).
     pub fn new(addr: SocketAddr) -> Result<Nic, NicSetupError> {
-        let err = |what| move |source| NicSetupError::Socket { addr, what, source };
-        let socket = UdpSocket::bind(addr).map_err(err("bind"))?;
-        socket
-            .set_nonblocking(true)
-            .map_err(err("set nonblocking"))?;
-        let bound = socket.local_addr().map_err(err("local address"))?;
-        Ok(Nic {
-            socket: Some(Arc::new(socket)),
-            addr: Some(bound),
-            stats: Arc::new(NicStats::default()),
-            buf: vec![0; MAX_PACKET + 1],
-        })
+        let nic = Nic::detached();
+        let _ = nic.socket.set(bind_service(addr)?);
+        Ok(nic)
     }
 
     /// A NIC without a socket, for replay: received batches come from the
@@ -176,16 +222,34 @@ impl Nic {
     /// live or record run), it fails with an error.
     pub fn detached() -> Nic {
         Nic {
-            socket: None,
-            addr: None,
+            socket: Arc::new(OnceLock::new()),
+            standby: false,
             stats: Arc::new(NicStats::default()),
             buf: vec![0; MAX_PACKET + 1],
         }
     }
 
-    /// The bound service address (`None` when detached).
+    /// A backup's NIC: replays like a detached one, and takes its service
+    /// socket at go-live through the returned [`NicAttach`]. With
+    /// `reserve`, the socket is bound now (so a busy address fails at start
+    /// and datagrams sent to it before go-live wait in its buffer) and only
+    /// attached then.
+    pub fn standby(reserve: Option<SocketAddr>) -> Result<(Nic, NicAttach), NicSetupError> {
+        let reserved = reserve.map(bind_service).transpose()?;
+        let nic = Nic {
+            standby: true,
+            ..Nic::detached()
+        };
+        let attach = NicAttach {
+            slot: Arc::clone(&nic.socket),
+            reserved,
+        };
+        Ok((nic, attach))
+    }
+
+    /// The bound service address (`None` while there is no socket).
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.addr
+        self.socket.get().and_then(|s| s.local_addr().ok())
     }
 
     /// The NIC's counters.
@@ -226,11 +290,13 @@ impl Nic {
                 detail: format!("tx slot {index} (GPA {slot:#x}): bad peer address {peer:02x?}"),
             })?;
             let data: Arc<[u8]> = mem.read_vec(slot + SLOT_DATA, len)?.into();
-            let socket = self.socket.clone();
+            let socket = Arc::clone(&self.socket);
             let stats = Arc::clone(&self.stats);
             let bytes = Arc::clone(&data);
             ctx.output(Kind::NetTx, port, &data, move || {
-                if socket.is_none_or(|s| s.send_to(&bytes, to).is_err()) {
+                // The socket at release time: a reply kept by a standby and
+                // re-sent at go-live leaves from the socket attached then.
+                if socket.get().is_none_or(|s| s.send_to(&bytes, to).is_err()) {
                     NicStats::add(&stats.tx_send_errors, 1);
                 }
             })?;
@@ -262,11 +328,14 @@ impl Nic {
         if free == 0 {
             return Ok(false);
         }
-        let socket = self.socket.as_deref();
+        let socket = self.socket.get();
+        let standby = self.standby;
         let buf = &mut self.buf;
         let stats = &self.stats;
-        let batch = ctx.poll_input(Kind::PacketRx, port, |out| {
-            collect_batch(socket, buf, stats, free, prod, out)
+        let batch = ctx.poll_input(Kind::PacketRx, port, |out| match socket {
+            // A standby NIC not attached (yet): nothing arrives.
+            None if standby => Ok(false),
+            _ => collect_batch(socket, buf, stats, free, prod, out),
         })?;
         let Some(batch) = batch else {
             return Ok(false);
@@ -445,7 +514,7 @@ impl Device for Nic {
     }
 
     fn wait_fd(&self) -> Option<RawFd> {
-        self.socket.as_ref().map(|s| s.as_raw_fd())
+        self.socket.get().map(|s| s.as_raw_fd())
     }
 }
 
@@ -487,7 +556,7 @@ mod tests {
         let mut buf = vec![0; MAX_PACKET + 1];
         let stats = NicStats::default();
         let mut batch = Vec::new();
-        let socket = nic.socket.as_deref();
+        let socket = nic.socket.get();
         assert!(collect_batch(socket, &mut buf, &stats, 2, prod, &mut batch).unwrap());
         assert_eq!(
             apply_batch(&mem, &batch, prod, 2, PORT_DOORBELL).unwrap(),

@@ -1,0 +1,574 @@
+//! The primary's driver: the one place where the output rule and the
+//! reaction to a lost backup live (docs/failover.md).
+//!
+//! ```text
+//!              backup lost (EOF, reset, corrupt frame, silence, Stop frame)
+//!  Protected ──────────────────────────────────────────────▶ Arbitrating
+//!      │                                                  won N+1 │  │ lost N+1
+//!      │ orderly stop: ship, last ACK, goodbye                    ▼  ▼
+//!      ▼                                            Unprotected    Lost
+//!   Finished ◀───────────────── orderly stop ───────────┘     (stop at once,
+//!                                                               release nothing)
+//! ```
+//!
+//! * **Protected**: the [`Primary`] end ships the log; each output waits in
+//!   the [`AckGate`] until [`PrimaryDriver::releasable`] — the fence — lets
+//!   it go: an ACK covers its entry *and* the ACK lease is valid.
+//! * **Arbitrating**: the backup is gone. Nothing is released; the driver
+//!   races for generation N+1 at the arbiter, retrying while it is
+//!   unreachable ("it waits until it can"), until it wins or loses.
+//! * **Unprotected**: won. Every held output is released, entries are
+//!   drained from the log ring and discarded (nothing is shipped), new
+//!   outputs leave at once — in order, through the same gate.
+//! * **Lost**: another side holds N+1 (the backup went live). The driver
+//!   releases nothing and every further call is an error that stops the VM.
+//!
+//! The same driver runs in both modes: inline, owned by the VM's sink and
+//! polled at every exit and WAIT pass ([`EventSource`]); threaded, on a
+//! channel thread of its own ([`crate::sink`]).
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use ftvm_arbiter::{Arbiter, Decision, Retry};
+use ftvm_channel::{AckGate, ChannelError, Primary, PrimaryStats};
+use ftvm_ring::log::Consumer;
+use ftvm_vmm::{EventSource, EventSourceError, PollPoint, Release};
+
+use crate::gate::GateCounters;
+use crate::pair::GiveUp;
+
+/// Where a pair stands, as the primary's driver sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Protection {
+    /// A backup replays the log; outputs wait for its ACK.
+    Protected = 1,
+    /// The backup is lost; racing for the next generation.
+    Arbitrating = 2,
+    /// Won the next generation: running alone, outputs leave at once.
+    Unprotected = 3,
+    /// Another side won: stopped, nothing released.
+    Lost = 4,
+    /// Stopped in order.
+    Finished = 5,
+}
+
+impl Protection {
+    /// Lower-case name (status, messages).
+    pub fn name(self) -> &'static str {
+        match self {
+            Protection::Protected => "protected",
+            Protection::Arbitrating => "arbitrating",
+            Protection::Unprotected => "unprotected",
+            Protection::Lost => "lost",
+            Protection::Finished => "finished",
+        }
+    }
+
+    fn from_u8(v: u8) -> Protection {
+        match v {
+            1 => Protection::Protected,
+            2 => Protection::Arbitrating,
+            3 => Protection::Unprotected,
+            4 => Protection::Lost,
+            _ => Protection::Finished,
+        }
+    }
+}
+
+/// Who this side is at the arbiter, and the generation the pair runs at.
+#[derive(Clone, Debug)]
+pub struct PairIdentity {
+    /// Name of the protected VM (the arbiter's key).
+    pub vm: String,
+    /// The generation the pair runs at (the next failure races for +1).
+    pub generation: u64,
+    /// This side's name at the arbiter (shown to the loser).
+    pub candidate: String,
+    /// The arbiter.
+    pub arbiter: Arc<dyn Arbiter>,
+    /// Backoff while the arbiter is unreachable.
+    pub retry: Retry,
+}
+
+/// What the driver publishes for the status endpoint, the sink and tests.
+#[derive(Debug)]
+pub struct DriverShared {
+    state: AtomicU8,
+    generation: AtomicU64,
+    acked: AtomicU64,
+    replayed: AtomicU64,
+    replay_ordinal: AtomicU64,
+    last_sent: AtomicU64,
+    /// Time from detecting the loss to the arbiter's answer (µs).
+    arbitration_us: AtomicU64,
+    /// Why the backup was lost / who won, for messages.
+    note: Mutex<String>,
+    stats: Mutex<Option<PrimaryStats>>,
+    /// Written on every state change (wakes a WAIT in threaded mode).
+    kick_tx: UnixDatagram,
+    kick_rx: UnixDatagram,
+}
+
+impl DriverShared {
+    fn new(generation: u64) -> std::io::Result<DriverShared> {
+        let (kick_tx, kick_rx) = UnixDatagram::pair()?;
+        kick_tx.set_nonblocking(true)?;
+        kick_rx.set_nonblocking(true)?;
+        Ok(DriverShared {
+            state: AtomicU8::new(Protection::Protected as u8),
+            generation: AtomicU64::new(generation),
+            acked: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
+            replay_ordinal: AtomicU64::new(0),
+            last_sent: AtomicU64::new(0),
+            arbitration_us: AtomicU64::new(0),
+            note: Mutex::new(String::new()),
+            stats: Mutex::new(None),
+            kick_tx,
+            kick_rx,
+        })
+    }
+
+    /// Where the pair stands.
+    pub fn protection(&self) -> Protection {
+        // Acquire: pairs with the Release in `set_state`; the note and the
+        // generation written before it are visible.
+        Protection::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// The generation this side runs at.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Highest seq the backup ACKed.
+    pub fn acked_seq(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    /// The backup's replay position (seq, exit ordinal).
+    pub fn replay(&self) -> (u64, u64) {
+        // Relaxed: reporting values (lag control tolerates a stale read).
+        (
+            self.replayed.load(Ordering::Relaxed),
+            self.replay_ordinal.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Highest seq handed to the transport.
+    pub fn last_sent_seq(&self) -> u64 {
+        self.last_sent.load(Ordering::Relaxed)
+    }
+
+    /// Time the last arbitration took (µs; 0: none yet).
+    pub fn arbitration_us(&self) -> u64 {
+        self.arbitration_us.load(Ordering::Relaxed)
+    }
+
+    /// Why the backup was lost, who won: the last state change's story.
+    pub fn note(&self) -> String {
+        self.note
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The channel's counters once it finished in order.
+    pub fn channel_stats(&self) -> Option<PrimaryStats> {
+        *self.stats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Becomes readable after a state change (see [`DriverShared::drain_kick`]).
+    pub fn kick_fd(&self) -> RawFd {
+        self.kick_rx.as_raw_fd()
+    }
+
+    /// Consumes pending kicks.
+    pub fn drain_kick(&self) {
+        let mut b = [0u8; 16];
+        while self.kick_rx.recv(&mut b).is_ok() {}
+    }
+
+    fn set_state(&self, p: Protection, note: Option<String>) {
+        if let Some(n) = note {
+            *self.note.lock().unwrap_or_else(PoisonError::into_inner) = n;
+        }
+        // Release: publishes the note; pairs with the Acquire in `protection`.
+        self.state.store(p as u8, Ordering::Release);
+        // A full socket buffer already holds a kick.
+        let _ = self.kick_tx.send(&[1]);
+    }
+
+    fn publish(&self, p: &Primary) {
+        let (replayed, ordinal) = p.replay();
+        // Relaxed: reporting values; releases are decided by the driver
+        // itself, never from these.
+        self.acked.store(p.acked_seq(), Ordering::Relaxed);
+        self.replayed.store(replayed, Ordering::Relaxed);
+        self.replay_ordinal.store(ordinal, Ordering::Relaxed);
+        self.last_sent.store(p.last_sent_seq(), Ordering::Relaxed);
+    }
+}
+
+/// The driver stopped the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// Another side won the generation this side raced for.
+    #[error(
+        "lost generation {generation} of VM {vm:?} to {holder} after losing the backup ({cause}); stopping at once, {held} held outputs not released"
+    )]
+    Lost {
+        /// The VM.
+        vm: String,
+        /// The generation raced for.
+        generation: u64,
+        /// Its holder.
+        holder: String,
+        /// How the backup was lost.
+        cause: String,
+        /// Outputs left unreleased.
+        held: usize,
+    },
+    /// The arbiter could not decide (and this side stopped waiting), or
+    /// refused: nothing was released.
+    #[error(
+        "the backup was lost ({cause}) and generation {generation} of VM {vm:?} was not decided ({arbiter}); stopping, {held} held outputs not released"
+    )]
+    Undecided {
+        /// The VM.
+        vm: String,
+        /// The generation raced for.
+        generation: u64,
+        /// How the backup was lost.
+        cause: String,
+        /// Outputs left unreleased.
+        held: usize,
+        /// The arbiter's last answer.
+        arbiter: String,
+    },
+}
+
+/// The primary's driver (module doc).
+pub struct PrimaryDriver {
+    state: State,
+    gate: AckGate<Release>,
+    outputs: Receiver<(u64, Release)>,
+    pair: PairIdentity,
+    shared: Arc<DriverShared>,
+    counters: Arc<GateCounters>,
+    /// True once the process is stopping: arbitration stops retrying.
+    give_up: GiveUp,
+    finish_timeout: Duration,
+    /// How the backup was lost (for the Lost error).
+    cause: String,
+}
+
+enum State {
+    Protected(Box<Primary>),
+    Unprotected(Consumer),
+    Lost { holder: String, generation: u64 },
+    Undecided { arbiter: String },
+    Finished,
+}
+
+impl std::fmt::Debug for PrimaryDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrimaryDriver")
+            .field("protection", &self.shared.protection())
+            .field("generation", &self.pair.generation)
+            .field("held", &self.gate.held())
+            .finish()
+    }
+}
+
+/// Prints one line about the pair on stderr (the operator's view).
+pub(crate) fn notice(side: &str, msg: &str) {
+    eprintln!("ftvm {side}: {msg}");
+}
+
+impl PrimaryDriver {
+    /// A protected driver over the connected `primary`, taking outputs from
+    /// the VM's gate through `outputs`.
+    pub(crate) fn new(
+        primary: Primary,
+        outputs: Receiver<(u64, Release)>,
+        pair: PairIdentity,
+        counters: Arc<GateCounters>,
+        give_up: GiveUp,
+        finish_timeout: Duration,
+    ) -> std::io::Result<PrimaryDriver> {
+        let shared = Arc::new(DriverShared::new(pair.generation)?);
+        shared.publish(&primary);
+        Ok(PrimaryDriver {
+            state: State::Protected(Box::new(primary)),
+            gate: AckGate::new(),
+            outputs,
+            pair,
+            shared,
+            counters,
+            give_up,
+            finish_timeout,
+            cause: String::new(),
+        })
+    }
+
+    /// What the driver publishes.
+    pub fn shared(&self) -> &Arc<DriverShared> {
+        &self.shared
+    }
+
+    /// One round: take new outputs, drive the channel (`at` picks the cheap
+    /// exit-time round or the full one), react to a lost backup, release
+    /// what the fence allows. Returns the work done.
+    pub fn pump(&mut self, at: PollPoint) -> Result<usize, DriverError> {
+        self.take_outputs();
+        let mut work = 0;
+        match &mut self.state {
+            State::Protected(p) => {
+                let polled = match at {
+                    PollPoint::Exit => p.poll_exit(),
+                    PollPoint::Wait => p.poll(),
+                };
+                match polled {
+                    Ok(w) => {
+                        work += w;
+                        self.shared.publish(p);
+                    }
+                    Err(e) => self.backup_lost(e)?,
+                }
+            }
+            State::Unprotected(consumer) => {
+                // Nothing is shipped: drain the ring so the VM never waits.
+                let chunk = consumer.read();
+                work += chunk.len();
+                chunk.release_all();
+            }
+            State::Lost { .. } | State::Undecided { .. } => return Err(self.stopped_error()),
+            State::Finished => {}
+        }
+        work += self.release(Instant::now());
+        Ok(work)
+    }
+
+    /// Blocks up to `timeout` for channel traffic (the park idle strategy of
+    /// a threaded driver); returns at once when not protected.
+    pub(crate) fn wait(&mut self, timeout: Duration) {
+        if let State::Protected(p) = &mut self.state {
+            // A failure shows again in the next pump, which handles it.
+            let _ = p.wait(timeout);
+        }
+    }
+
+    /// **The fence**: the highest seq whose output may leave now, or `None`
+    /// when nothing may. Protected: what the backup ACKed, while the ACK
+    /// lease holds (a primary that was paused past it must not trust the
+    /// ACKs it holds: the backup may be live by now). Unprotected: all.
+    /// Arbitrating, lost or finished: nothing.
+    fn releasable(&self, now: Instant) -> Option<u64> {
+        match &self.state {
+            State::Protected(p) if p.lease_valid(now) => Some(p.acked_seq()),
+            State::Unprotected(_) => Some(u64::MAX),
+            _ => None,
+        }
+    }
+
+    /// Releases, in order, what [`PrimaryDriver::releasable`] allows.
+    fn release(&mut self, now: Instant) -> usize {
+        let Some(bound) = self.releasable(now) else {
+            return 0;
+        };
+        let mut last = None;
+        let n = self.gate.release(bound, |seq, release| {
+            release();
+            last = Some(seq);
+        });
+        if n > 0 {
+            // Relaxed: a reporting counter.
+            self.counters
+                .released
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+        if let (Some(seq), State::Protected(p)) = (last, &mut self.state) {
+            p.report_released(seq);
+        }
+        n
+    }
+
+    fn take_outputs(&mut self) {
+        while let Ok((seq, release)) = self.outputs.try_recv() {
+            // The VM submits outputs in seq order; a violation would be a
+            // VMM bug, and such an output is dropped unreleased (never early).
+            let _ = self.gate.hold(seq, release);
+        }
+    }
+
+    fn stopped_error(&self) -> DriverError {
+        match &self.state {
+            State::Lost { holder, generation } => DriverError::Lost {
+                vm: self.pair.vm.clone(),
+                generation: *generation,
+                holder: holder.clone(),
+                cause: self.cause.clone(),
+                held: self.gate.held(),
+            },
+            State::Undecided { arbiter } => DriverError::Undecided {
+                vm: self.pair.vm.clone(),
+                generation: self.pair.generation + 1,
+                cause: self.cause.clone(),
+                held: self.gate.held(),
+                arbiter: arbiter.clone(),
+            },
+            // Only called in the two states above.
+            _ => DriverError::Undecided {
+                vm: self.pair.vm.clone(),
+                generation: self.pair.generation + 1,
+                cause: self.cause.clone(),
+                held: self.gate.held(),
+                arbiter: "not consulted".into(),
+            },
+        }
+    }
+
+    /// Protected → Arbitrating → Unprotected | Lost.
+    fn backup_lost(&mut self, error: ChannelError) -> Result<(), DriverError> {
+        let State::Protected(p) = std::mem::replace(
+            &mut self.state,
+            State::Undecided {
+                arbiter: "arbitrating".into(),
+            },
+        ) else {
+            return Ok(());
+        };
+        let consumer = p.into_consumer();
+        self.cause = ftvm_vmm::error_chain(&error);
+        let generation = self.pair.generation + 1;
+        self.take_outputs();
+        self.shared.set_state(
+            Protection::Arbitrating,
+            Some(format!("backup lost: {}", self.cause)),
+        );
+        notice(
+            "primary",
+            &format!(
+                "backup lost: {}; {} outputs held; racing for generation {generation} of VM {:?} at {}",
+                self.cause,
+                self.gate.held(),
+                self.pair.vm,
+                self.pair.arbiter.url()
+            ),
+        );
+        let started = Instant::now();
+        let give_up = self.give_up.clone();
+        let decision = ftvm_arbiter::test_and_set_with_retry(
+            self.pair.arbiter.as_ref(),
+            &self.pair.vm,
+            generation,
+            &self.pair.candidate,
+            &self.pair.retry,
+            &|| give_up(),
+            &mut |e, delay| {
+                notice(
+                    "primary",
+                    &format!(
+                        "arbiter unreachable ({e}); holding {} outputs, retrying in {} ms",
+                        self.gate.held(),
+                        delay.as_millis()
+                    ),
+                );
+            },
+        );
+        self.shared
+            .arbitration_us
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        match decision {
+            Ok(Decision::Won) => {
+                self.pair.generation = generation;
+                self.shared.generation.store(generation, Ordering::Relaxed);
+                let held = self.gate.held();
+                self.state = State::Unprotected(consumer);
+                let msg = format!(
+                    "won generation {generation} of VM {:?}: running UNPROTECTED (no backup); releasing {held} held outputs",
+                    self.pair.vm
+                );
+                notice("primary", &msg);
+                self.shared.set_state(Protection::Unprotected, Some(msg));
+                Ok(())
+            }
+            Ok(Decision::Lost { holder }) => {
+                let msg = format!(
+                    "lost generation {generation} of VM {:?} to {holder}: stopping, releasing nothing",
+                    self.pair.vm
+                );
+                notice("primary", &msg);
+                self.state = State::Lost { holder, generation };
+                self.shared.set_state(Protection::Lost, Some(msg));
+                Err(self.stopped_error())
+            }
+            Err(e) => {
+                let arbiter = ftvm_vmm::error_chain(&e);
+                let msg = format!("generation {generation} undecided ({arbiter}): stopping");
+                notice("primary", &msg);
+                self.state = State::Undecided { arbiter };
+                self.shared.set_state(Protection::Lost, Some(msg));
+                Err(self.stopped_error())
+            }
+        }
+    }
+
+    /// Orderly stop (the VM stopped and logged its final checkpoint):
+    /// protected, ships everything, waits for the ACK covering it, says
+    /// goodbye and releases what is held; a backup lost on the way is
+    /// handled like any other loss. Unprotected: releases what is held.
+    pub fn finish(&mut self) -> Result<(), DriverError> {
+        self.take_outputs();
+        if let State::Protected(p) = &mut self.state {
+            match p.finish(self.finish_timeout) {
+                Ok(stats) => {
+                    self.shared.publish(p);
+                    *self
+                        .shared
+                        .stats
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(stats);
+                }
+                Err(e) => self.backup_lost(e)?,
+            }
+        }
+        self.release(Instant::now());
+        if let State::Lost { .. } | State::Undecided { .. } = self.state {
+            return Err(self.stopped_error());
+        }
+        let held = self.gate.held();
+        if held > 0 {
+            notice(
+                "primary",
+                &format!("{held} outputs not released: the ACK lease lapsed during the final wait"),
+            );
+        }
+        self.state = State::Finished;
+        self.shared.set_state(Protection::Finished, None);
+        Ok(())
+    }
+}
+
+impl EventSource for PrimaryDriver {
+    fn poll(&mut self, at: PollPoint) -> Result<usize, EventSourceError> {
+        self.pump(at).map_err(|e| EventSourceError {
+            name: "primary channel",
+            reason: e.to_string(),
+        })
+    }
+
+    fn wait_fd(&self) -> Option<RawFd> {
+        match &self.state {
+            State::Protected(p) => p.readable_fd(),
+            _ => None,
+        }
+    }
+}
