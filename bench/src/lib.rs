@@ -24,6 +24,7 @@
 //!    `.hgrm` files (`--hgrm`) and an SVG percentile plot (`--plot`).
 
 mod cpu;
+pub mod failover;
 mod hist;
 mod plot;
 mod report;

@@ -14,6 +14,10 @@ pub enum BenchCommand {
     Vmm(crate::bench_vmm::BenchVmmArgs),
     /// End to end: kv and echo guests, unprotected vs FT per transport.
     E2e(crate::bench_e2e::BenchE2eArgs),
+    /// Failover: faults (SIGKILL, SIGSTOP, partition) injected into a pair
+    /// of ftvm processes under a self-checking load; lost / applied-twice /
+    /// both-live counts and the gap, split into its parts.
+    Failover(FailoverArgs),
 }
 
 /// Which end of a two-host run this process is.
@@ -138,5 +142,107 @@ pub fn run(cmd: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
         BenchCommand::Channel(a) => channel(a, settings),
         BenchCommand::Vmm(a) => crate::bench_vmm::run(a, settings),
         BenchCommand::E2e(a) => crate::bench_e2e::run(a, settings),
+        BenchCommand::Failover(a) => failover(a, settings),
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FailoverArgs {
+    /// Trials per fault kind (a kind listed in --trials-of overrides it).
+    #[arg(long, default_value_t = 10)]
+    pub trials: u32,
+    /// Per-kind counts, e.g. `kill-primary=100,kill-backup=30`.
+    #[arg(long, value_delimiter = ',', value_name = "KIND=N")]
+    pub trials_of: Vec<String>,
+    /// Fault kinds to run (default: all): kill-primary, kill-backup,
+    /// stop-primary, stop-backup, partition.
+    #[arg(long, value_delimiter = ',')]
+    pub kinds: Vec<String>,
+    /// Channel transport (tcp, shm, uring).
+    #[arg(long, default_value = "tcp")]
+    pub transport: String,
+    /// peer_timeout_ms of both sides (silent failures are noticed after it).
+    #[arg(long, default_value_t = 300)]
+    pub peer_timeout_ms: u64,
+    /// The clients' retry interval in ms (a request unanswered this long goes to the next address).
+    #[arg(long, default_value_t = 100)]
+    pub retry_ms: u64,
+    /// Closed-loop clients.
+    #[arg(long, default_value_t = 8)]
+    pub clients: u32,
+    /// Arbiter URL for every trial (default: a fresh file: directory each).
+    #[arg(long)]
+    pub arbiter: Option<String>,
+    /// Seed of the fault moments.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Where trials keep their files (a failed trial's stays).
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Write the JSON report here.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// One line per trial.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+pub fn failover(a: FailoverArgs, settings: &Settings) -> anyhow::Result<()> {
+    use ftvm_bench::failover::{FailoverOptions, FaultKind};
+    let kinds: Vec<FaultKind> = if a.kinds.is_empty() {
+        FaultKind::ALL.to_vec()
+    } else {
+        a.kinds
+            .iter()
+            .map(|k| FaultKind::parse(k))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let mut trials: Vec<(FaultKind, u32)> = kinds.iter().map(|k| (*k, a.trials)).collect();
+    for spec in &a.trials_of {
+        let (k, n) = spec
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--trials-of {spec:?}: expected KIND=N"))?;
+        let kind = FaultKind::parse(k)?;
+        let n: u32 = n
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--trials-of {spec:?}: {n:?} is not a count"))?;
+        match trials.iter_mut().find(|(t, _)| *t == kind) {
+            Some(t) => t.1 = n,
+            None => trials.push((kind, n)),
+        }
+    }
+    let work_dir = a.work_dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("ftvm-bench-failover-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&work_dir)?;
+    // Both sides of every trial run with these settings (profile and --set).
+    let profile = work_dir.join("settings.toml");
+    std::fs::write(&profile, settings.to_toml())?;
+    let opts = FailoverOptions {
+        ftvm: std::env::current_exe()?,
+        trials,
+        transport: a.transport,
+        peer_timeout_ms: a.peer_timeout_ms,
+        retry: Duration::from_millis(a.retry_ms.max(1)),
+        clients: a.clients,
+        arbiter: a.arbiter,
+        work_dir,
+        seed: a.seed,
+        profile: Some(profile),
+        verbose: a.verbose,
+    };
+    let report = ftvm_bench::failover::run(&opts)?;
+    print!("{}", report.table());
+    if let Some(path) = &a.report {
+        ftvm_bench::failover::write_json(&report, path)?;
+        println!("report: {}", path.display());
+    }
+    if !report.clean() {
+        bail!(
+            "failover invariants broken (or trials failed); trial files are kept under {}",
+            opts.work_dir.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&opts.work_dir);
+    Ok(())
 }

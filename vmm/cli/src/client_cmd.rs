@@ -6,13 +6,15 @@ use std::time::Duration;
 use anyhow::Context;
 use ftvm_kvproto::Op;
 use ftvm_kvproto::client::KvClient;
-use ftvm_kvproto::load::{LoadConfig, LoadReport, run_load};
+use ftvm_kvproto::load::{LoadConfig, LoadReport, OpMix, run_load};
 use ftvm_tuning::Settings;
 
 #[derive(Debug, clap::Args)]
 pub struct ClientArgs {
-    /// Server address (the `--service` address of `ftvm primary`).
-    #[arg(long)]
+    /// Server address (the `--service` address of `ftvm primary`); several,
+    /// comma-separated (the primary's and the backup's): a request that
+    /// times out is resent to the next one.
+    #[arg(long, value_name = "ADDR[,ADDR...]")]
     server: String,
     /// Per-attempt timeout in milliseconds before the same request is resent.
     #[arg(long, global = true, default_value_t = 200)]
@@ -77,21 +79,34 @@ struct LoadArgs {
     /// Longest value written by one op (bytes).
     #[arg(long, default_value_t = 32)]
     max_value_len: usize,
+    /// Only APPENDs of unique tokens, then a read-back of every key that
+    /// counts acknowledged writes lost or applied twice.
+    #[arg(long)]
+    append_only: bool,
+    /// Read back every key at the end and compare with the model.
+    #[arg(long)]
+    check: bool,
 }
 
-fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
-    server
-        .to_socket_addrs()
-        .with_context(|| format!("--server {server}: not an address"))?
-        .next()
-        .with_context(|| format!("--server {server}: resolves to no address"))
+fn resolve(servers: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    servers
+        .split(',')
+        .map(|server| {
+            server
+                .to_socket_addrs()
+                .with_context(|| format!("--server {server}: not an address"))?
+                .next()
+                .with_context(|| format!("--server {server}: resolves to no address"))
+        })
+        .collect()
 }
 
 pub fn run(args: ClientArgs, _settings: &Settings) -> anyhow::Result<()> {
-    let server = resolve(&args.server)?;
+    let servers = resolve(&args.server)?;
+    let (server, fallbacks) = (servers[0], &servers[1..]);
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
     let (op, key, value, new) = match args.op {
-        ClientOp::Load(l) => return run_load_cmd(server, timeout, args.attempts, l),
+        ClientOp::Load(l) => return run_load_cmd(&servers, timeout, args.attempts, l),
         ClientOp::Put { key, value } => (Op::Put, key, value, String::new()),
         ClientOp::Get { key } => (Op::Get, key, String::new(), String::new()),
         ClientOp::Append { key, value } => (Op::Append, key, value, String::new()),
@@ -103,7 +118,8 @@ pub fn run(args: ClientArgs, _settings: &Settings) -> anyhow::Result<()> {
             .map_or(0, |d| d.as_nanos() as u64);
         t ^ (u64::from(std::process::id()) << 40)
     });
-    let mut client = KvClient::new(server, client_id, args.request_no, timeout, args.attempts)?;
+    let mut client = KvClient::new(server, client_id, args.request_no, timeout, args.attempts)?
+        .with_fallbacks(fallbacks);
     let reply = client.call(op, key.as_bytes(), value.as_bytes(), new.as_bytes())?;
     println!(
         "{} {} client {:#x} request {} ({} attempt{}) value {:?}",
@@ -119,12 +135,19 @@ pub fn run(args: ClientArgs, _settings: &Settings) -> anyhow::Result<()> {
 }
 
 fn run_load_cmd(
-    server: SocketAddr,
+    servers: &[SocketAddr],
     timeout: Duration,
     attempts: u32,
     l: LoadArgs,
 ) -> anyhow::Result<()> {
-    let mut cfg = LoadConfig::new(server);
+    let mut cfg = LoadConfig::new(servers[0]);
+    cfg.fallbacks = servers[1..].to_vec();
+    cfg.mix = if l.append_only {
+        OpMix::AppendOnly
+    } else {
+        OpMix::Mixed
+    };
+    cfg.final_check = l.check || l.append_only;
     cfg.clients = l.clients;
     cfg.ops = l.ops;
     cfg.rate = l.rate;
@@ -136,6 +159,13 @@ fn run_load_cmd(
     cfg.max_value_len = l.max_value_len;
     let report = run_load(&cfg)?;
     print_report(&cfg, &report);
+    if report.lost_writes > 0 || report.applied_twice > 0 {
+        anyhow::bail!(
+            "final check: {} acknowledged writes lost, {} applied twice",
+            report.lost_writes,
+            report.applied_twice
+        );
+    }
     if report.errors > 0 {
         anyhow::bail!(
             "{} of {} replies disagreed with the model; first: {}",
@@ -152,9 +182,13 @@ fn print_report(cfg: &LoadConfig, r: &LoadReport) {
         Some(rate) => format!("open loop at {rate} ops/s"),
         None => "closed loop".to_string(),
     };
+    let servers: Vec<String> = cfg.servers().iter().map(ToString::to_string).collect();
     println!(
         "load: {} clients on {} thread(s), {} ops, {mode}, server {}",
-        cfg.clients, cfg.threads, r.ops, cfg.server
+        cfg.clients,
+        cfg.threads,
+        r.ops,
+        servers.join(",")
     );
     println!(
         "  {:>10.0} ops/s  elapsed {:.3} s  retries {}  duplicate replies {}  errors {}",
@@ -176,6 +210,19 @@ fn print_report(cfg: &LoadConfig, r: &LoadReport) {
         "  ops  PUT {}  GET {}  APPEND {}  CAS {}",
         r.per_op[0], r.per_op[1], r.per_op[2], r.per_op[3]
     );
+    println!(
+        "  longest stall {:.1} ms",
+        r.longest_stall.as_secs_f64() * 1e3
+    );
+    for s in &r.by_source {
+        println!("  replies from {}: {}", s.addr, s.replies);
+    }
+    if cfg.final_check {
+        println!(
+            "  final check: {} keys read back, {} acknowledged writes lost, {} applied twice",
+            r.keys_checked, r.lost_writes, r.applied_twice
+        );
+    }
     for e in &r.first_errors {
         println!("  error: {e}");
     }

@@ -216,6 +216,8 @@ pub fn run_primary(
                     "released_outputs": g.released.load(r),
                     "bytes_logged": st.bytes.load(r),
                     "arbitration_us": shared.arbitration_us(),
+                    "backup_lost_unix_us": shared.loss_times().0,
+                    "decided_unix_us": shared.loss_times().1,
                 })
             }),
         )
@@ -309,7 +311,30 @@ pub fn run_backup(a: BackupArgs, settings: &Settings) -> anyhow::Result<RunOutco
         guest: a.guest.clone(),
         guest_arg: a.arg,
         vm: a.pair.vm.clone(),
+        status: Arc::new(ftvm_ft::BackupStatus::default()),
     };
+    if let Some(addr) = &a.status {
+        let status = opts.status.clone();
+        let local = ftvm_ft::status::serve(
+            addr,
+            Arc::new(move || {
+                let r = Ordering::Relaxed;
+                let st = &status.replay;
+                serde_json::json!({
+                    "role": "backup",
+                    "vm": status.vm(),
+                    "generation": status.generation(),
+                    "phase": status.phase().name(),
+                    "exit_ordinal": st.exit_ordinal.load(r),
+                    "last_seq_replayed": st.replayed.load(r),
+                    "received_not_replayed": st.backlog.load(r),
+                    "failover": status.timeline(),
+                })
+            }),
+        )
+        .with_context(|| format!("serving status on {addr}"))?;
+        eprintln!("ftvm backup: status on {local}");
+    }
     let end = accept_backup(
         &s,
         listener.as_mut(),
@@ -333,27 +358,6 @@ pub fn run_backup(a: BackupArgs, settings: &Settings) -> anyhow::Result<RunOutco
     );
     // A signal stops the backup at the next exit boundary it reaches.
     c.stop = stop.clone();
-    if let Some(addr) = &a.status {
-        let (st, status) = (stats.clone(), status.clone());
-        let local = ftvm_ft::status::serve(
-            addr,
-            Arc::new(move || {
-                let r = Ordering::Relaxed;
-                serde_json::json!({
-                    "role": "backup",
-                    "vm": status.vm(),
-                    "generation": status.generation(),
-                    "phase": status.phase().name(),
-                    "exit_ordinal": st.exit_ordinal.load(r),
-                    "last_seq_replayed": st.replayed.load(r),
-                    "received_not_replayed": st.backlog.load(r),
-                    "failover": status.timeline(),
-                })
-            }),
-        )
-        .with_context(|| format!("serving status on {addr}"))?;
-        eprintln!("ftvm backup: status on {local}");
-    }
     let listen = listener.local_addr();
     let stop2 = stop.clone();
     let plan = StandbyPlan {

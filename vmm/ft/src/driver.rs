@@ -107,6 +107,9 @@ pub struct DriverShared {
     last_sent: AtomicU64,
     /// Time from detecting the loss to the arbiter's answer (µs).
     arbitration_us: AtomicU64,
+    /// When the backup was found lost, and when the arbiter answered (Unix µs).
+    lost_unix_us: AtomicU64,
+    decided_unix_us: AtomicU64,
     /// Why the backup was lost / who won, for messages.
     note: Mutex<String>,
     stats: Mutex<Option<PrimaryStats>>,
@@ -128,6 +131,8 @@ impl DriverShared {
             replay_ordinal: AtomicU64::new(0),
             last_sent: AtomicU64::new(0),
             arbitration_us: AtomicU64::new(0),
+            lost_unix_us: AtomicU64::new(0),
+            decided_unix_us: AtomicU64::new(0),
             note: Mutex::new(String::new()),
             stats: Mutex::new(None),
             kick_tx,
@@ -169,6 +174,15 @@ impl DriverShared {
     /// Time the last arbitration took (µs; 0: none yet).
     pub fn arbitration_us(&self) -> u64 {
         self.arbitration_us.load(Ordering::Relaxed)
+    }
+
+    /// When the backup was found lost and when the arbiter answered (Unix
+    /// µs; 0: not yet).
+    pub fn loss_times(&self) -> (u64, u64) {
+        (
+            self.lost_unix_us.load(Ordering::Relaxed),
+            self.decided_unix_us.load(Ordering::Relaxed),
+        )
     }
 
     /// Why the backup was lost, who won: the last state change's story.
@@ -446,6 +460,9 @@ impl PrimaryDriver {
             return Ok(());
         };
         let consumer = p.into_consumer();
+        self.shared
+            .lost_unix_us
+            .store(crate::golive::unix_us(), Ordering::Relaxed);
         self.cause = ftvm_vmm::error_chain(&error);
         let generation = self.pair.generation + 1;
         self.take_outputs();
@@ -486,6 +503,9 @@ impl PrimaryDriver {
         self.shared
             .arbitration_us
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.shared
+            .decided_unix_us
+            .store(crate::golive::unix_us(), Ordering::Relaxed);
         match decision {
             Ok(Decision::Won) => {
                 self.pair.generation = generation;

@@ -140,9 +140,12 @@ impl Timeline {
     }
 }
 
-/// A backup's phase and failover timeline, shared with the status endpoint.
+/// A backup's phase, replay counters and failover timeline, shared with
+/// the status endpoint (made before the backup waits for its primary).
 #[derive(Debug, Default)]
 pub struct BackupStatus {
+    /// Replay counters.
+    pub replay: Arc<crate::source::SourceStats>,
     phase: AtomicU8,
     generation: AtomicU64,
     vm: Mutex<String>,

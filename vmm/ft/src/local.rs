@@ -146,6 +146,7 @@ impl LocalPair {
                     guest: guest.to_string(),
                     ..BackupOptions::default()
                 };
+
                 backup = Some(std::thread::spawn(move || {
                     let image = bc.image.clone();
                     let end = accept_backup(

@@ -327,6 +327,8 @@ pub struct BackupOptions {
     pub guest_arg: u64,
     /// The VM name, if given (`--vm`): must be the primary's; else adopted.
     pub vm: Option<String>,
+    /// Where the backup reports its phase (serve it before waiting).
+    pub status: Arc<BackupStatus>,
 }
 
 /// The backup's end.
@@ -440,7 +442,7 @@ pub fn accept_backup(
         what: format!("pairing with the primary {peer}"),
         source,
     };
-    let status = Arc::new(BackupStatus::default());
+    let status = opts.status.clone();
     let (source, primary_hello) = if settings.channel.threaded {
         // The receiver thread does the handshake: one thread drives a transport.
         let (handle, feed) =

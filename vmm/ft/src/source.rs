@@ -132,7 +132,7 @@ impl ChannelSource {
             drive,
             buf: VecDeque::new(),
             ended: None,
-            stats: Arc::new(SourceStats::default()),
+            stats: status.replay.clone(),
             released: Arc::new(AtomicU64::new(0)),
             status,
             stopper: Stopper::default(),

@@ -6,6 +6,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
+use std::vec;
 use std::vec::Vec;
 
 use crate::{KvDecodeError, KvEncodeError, MAX_DATAGRAM, Op, Reply, Request, Status};
@@ -74,6 +75,8 @@ pub struct OwnedReply {
 pub struct KvClient {
     socket: UdpSocket,
     server: SocketAddr,
+    /// The addresses tried in turn on a timeout (`server` first).
+    servers: Vec<SocketAddr>,
     client_id: u64,
     next_request_no: u64,
     timeout: Duration,
@@ -109,6 +112,7 @@ impl KvClient {
         Ok(KvClient {
             socket,
             server,
+            servers: vec![server],
             client_id,
             next_request_no: first_request_no.max(1),
             timeout,
@@ -121,6 +125,13 @@ impl KvClient {
         self.client_id
     }
 
+    /// More addresses of the same service: a timed-out request is resent
+    /// to the next one (the side that went live after a failover).
+    pub fn with_fallbacks(mut self, fallbacks: &[SocketAddr]) -> KvClient {
+        self.servers.extend_from_slice(fallbacks);
+        self
+    }
+
     /// Sends one request and waits for its reply, retrying with the same
     /// request number on timeout. Replies to other request numbers (late
     /// answers to earlier attempts) are skipped.
@@ -131,7 +142,7 @@ impl KvClient {
         value: &[u8],
         new_value: &[u8],
     ) -> Result<OwnedReply, KvCallError> {
-        let server = self.server;
+        let mut server = self.server;
         let request_no = self.next_request_no;
         let req = Request {
             op,
@@ -146,6 +157,10 @@ impl KvClient {
         self.next_request_no += 1;
         let mut buf = [0u8; MAX_DATAGRAM + 1];
         for attempt in 1..=self.max_attempts {
+            if attempt > 1 {
+                let at = self.servers.iter().position(|s| *s == server).unwrap_or(0);
+                server = self.servers[(at + 1) % self.servers.len()];
+            }
             self.socket
                 .send_to(&out[..len], server)
                 .map_err(|source| KvCallError::Io {
@@ -188,6 +203,8 @@ impl KvClient {
                 if reply.client_id != self.client_id || reply.request_no != request_no {
                     continue;
                 }
+                // The next request starts where this one was answered.
+                self.server = server;
                 return Ok(OwnedReply {
                     status: reply.status,
                     op: reply.op,

@@ -17,9 +17,16 @@
 //!    value of GET / APPEND / failed CAS. A difference is counted as an error
 //!    and the first few are kept as messages.
 //! 4. **Retry.** A request unanswered after `timeout` is resent unchanged
-//!    (same request number); after `max_attempts` sends the run fails with
-//!    [`LoadError::NoReply`]. A late reply to an earlier send of an answered
-//!    request is counted as a duplicate and ignored.
+//!    (same request number) — to the next of the server addresses
+//!    ([`LoadConfig::fallbacks`]) when there are several, so a client finds
+//!    the side that went live after a failover; after `max_attempts` sends
+//!    the run fails with [`LoadError::NoReply`]. A late reply to an earlier
+//!    send of an answered request is counted as a duplicate and ignored.
+//! 5. **Final check** ([`LoadConfig::final_check`]): every client reads
+//!    back every key it wrote and compares it with its model. In the
+//!    APPEND-only mix ([`OpMix::AppendOnly`]) every append adds a unique
+//!    token, so a difference is classified: an acknowledged append missing
+//!    is a *lost write*, one present twice was *applied twice*.
 
 use std::format;
 use std::net::{SocketAddr, UdpSocket};
@@ -72,6 +79,27 @@ pub struct LoadConfig {
     /// 500 µs — for hosts where a spinning client would take the core a VM
     /// (or its backup) needs.
     pub spin: bool,
+    /// More addresses of the same service (the backup's): a timed-out
+    /// request is resent to the next address in `server, fallbacks...`.
+    pub fallbacks: Vec<SocketAddr>,
+    /// Which operations to draw.
+    pub mix: OpMix,
+    /// After the run, read back every key and compare with the model.
+    pub final_check: bool,
+    /// Set to stop issuing new ops early: the run ends once every op
+    /// issued is answered (and the final check is done). `ops` still caps it.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// The operations a load draws.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OpMix {
+    /// PUT, GET, APPEND and CAS (with right and wrong expected values).
+    #[default]
+    Mixed,
+    /// Only APPENDs of unique tokens (`<request_no in hex>;`), so every
+    /// acknowledged write can be found — once — in the final values.
+    AppendOnly,
 }
 
 impl LoadConfig {
@@ -93,7 +121,18 @@ impl LoadConfig {
             pin_cores: Vec::new(),
             first_client_id: None,
             spin: true,
+            fallbacks: Vec::new(),
+            mix: OpMix::Mixed,
+            final_check: false,
+            stop: None,
         }
+    }
+
+    /// The server addresses in the order clients try them.
+    pub fn servers(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.server)
+            .chain(self.fallbacks.iter().copied())
+            .collect()
     }
 
     fn validate(&self) -> Result<(), LoadError> {
@@ -197,6 +236,76 @@ pub struct LoadReport {
     pub per_op: [u64; 4],
     /// Latency in nanoseconds (open loop: from the intended send time).
     pub latency_ns: Histogram<u64>,
+    /// Acknowledged writes missing from the final values (final check).
+    pub lost_writes: u64,
+    /// Acknowledged appends found more than once (final check).
+    pub applied_twice: u64,
+    /// Keys read back by the final check.
+    pub keys_checked: u64,
+    /// The longest time no reply arrived while requests were outstanding
+    /// (the client-visible gap of a failover), and when it ended.
+    pub longest_stall: Duration,
+    /// End of the longest stall, Unix µs.
+    pub stall_end_unix_us: u64,
+    /// Every stall of at least [`STALL_KEPT`]: (start, end) in Unix µs, at
+    /// most [`MAX_STALLS`] (the first ones).
+    pub stalls: Vec<(u64, u64)>,
+    /// Replies per server address that sent them: (address, count, first
+    /// and last arrival in Unix µs).
+    pub by_source: Vec<SourceReplies>,
+}
+
+/// Stalls at least this long are kept in [`LoadReport::stalls`].
+pub const STALL_KEPT: Duration = Duration::from_millis(5);
+/// At most this many stalls are kept per thread.
+pub const MAX_STALLS: usize = 4096;
+
+impl LoadReport {
+    /// The longest stall (no reply while requests were outstanding) that
+    /// overlaps `[from, to]` (Unix µs), as (start, end); `None` if replies
+    /// kept coming.
+    pub fn stall_within(&self, from: u64, to: u64) -> Option<(u64, u64)> {
+        self.stalls
+            .iter()
+            .copied()
+            .filter(|&(s, e)| s <= to && e >= from)
+            .max_by_key(|&(s, e)| e - s)
+    }
+}
+
+/// Replies that came from one server address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceReplies {
+    /// The address the replies came from.
+    pub addr: SocketAddr,
+    /// How many.
+    pub replies: u64,
+    /// First arrival, Unix µs.
+    pub first_unix_us: u64,
+    /// Last arrival, Unix µs.
+    pub last_unix_us: u64,
+}
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn note_source(v: &mut Vec<SourceReplies>, addr: SocketAddr, at: u64) {
+    match v.iter_mut().find(|s| s.addr == addr) {
+        Some(s) => {
+            s.replies += 1;
+            s.first_unix_us = s.first_unix_us.min(at);
+            s.last_unix_us = s.last_unix_us.max(at);
+        }
+        None => v.push(SourceReplies {
+            addr,
+            replies: 1,
+            first_unix_us: at,
+            last_unix_us: at,
+        }),
+    }
 }
 
 impl LoadReport {
@@ -230,6 +339,24 @@ impl LoadReport {
         }
         for (a, b) in self.per_op.iter_mut().zip(other.per_op) {
             *a += b;
+        }
+        self.stalls.extend(other.stalls);
+        self.lost_writes += other.lost_writes;
+        self.applied_twice += other.applied_twice;
+        self.keys_checked += other.keys_checked;
+        if other.longest_stall > self.longest_stall {
+            self.longest_stall = other.longest_stall;
+            self.stall_end_unix_us = other.stall_end_unix_us;
+        }
+        for s in other.by_source {
+            match self.by_source.iter_mut().find(|m| m.addr == s.addr) {
+                Some(m) => {
+                    m.replies += s.replies;
+                    m.first_unix_us = m.first_unix_us.min(s.first_unix_us);
+                    m.last_unix_us = m.last_unix_us.max(s.last_unix_us);
+                }
+                None => self.by_source.push(s),
+            }
         }
         // Both histograms have the same bounds: `add` cannot fail.
         let _ = self.latency_ns.add(&other.latency_ns);
@@ -278,6 +405,10 @@ enum Expect {
         expected: Vec<u8>,
         new: Vec<u8>,
     },
+    /// The final check's read of a key.
+    Check {
+        key: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -288,6 +419,8 @@ struct Inflight {
     intended: Instant,
     last_send: Instant,
     attempts: u32,
+    /// Index of the server address the last send went to.
+    server: usize,
 }
 
 #[derive(Debug)]
@@ -298,6 +431,38 @@ struct ClientState {
     key_names: Vec<Vec<u8>>,
     model: Vec<Option<Vec<u8>>>,
     inflight: Option<Inflight>,
+    /// The key the APPEND-only mix appends to (a fresh one once it is full).
+    append_key: usize,
+    /// Keys the final check still has to read.
+    to_check: std::collections::VecDeque<usize>,
+    /// The server address that answered last (new requests go there).
+    server: usize,
+}
+
+/// What the final check found for one key.
+fn compare_final(mix: OpMix, model: Option<&[u8]>, got: Option<&[u8]>) -> (u64, u64) {
+    match mix {
+        OpMix::AppendOnly => {
+            let tokens = |v: Option<&[u8]>| -> Vec<Vec<u8>> {
+                v.unwrap_or_default()
+                    .split(|b| *b == b';')
+                    .filter(|t| !t.is_empty())
+                    .map(<[u8]>::to_vec)
+                    .collect()
+            };
+            let (want, have) = (tokens(model), tokens(got));
+            let lost = want.iter().filter(|t| !have.contains(t)).count() as u64;
+            let mut twice = 0;
+            for (i, t) in have.iter().enumerate() {
+                if have[..i].contains(t) {
+                    twice += 1;
+                }
+            }
+            (lost, twice)
+        }
+        // The model is the value; any difference is a lost write.
+        OpMix::Mixed => (u64::from(model != got), 0),
+    }
 }
 
 impl ClientState {
@@ -306,11 +471,41 @@ impl ClientState {
         (0..len).map(|_| b'a' + self.rng.below(26) as u8).collect()
     }
 
-    /// Draws the next op, encodes it, and makes it in flight.
-    fn issue(&mut self, max_value: usize, intended: Instant, now: Instant) {
+    /// The next APPEND-only op: a unique token onto the current key, or a
+    /// fresh key once the current one would overflow.
+    fn next_append(&mut self) -> Expect {
+        let value = format!("{:x};", self.next_no).into_bytes();
+        let len = self.model[self.append_key].as_ref().map_or(0, Vec::len);
+        if len + value.len() > MAX_VALUE {
+            let n = self.key_names.len();
+            self.key_names
+                .push(format!("c{:x}/a{n}", self.id).into_bytes());
+            self.model.push(None);
+            self.append_key = n;
+        }
+        Expect::Append {
+            key: self.append_key,
+            value,
+        }
+    }
+
+    /// Draws the next op (or the next key to check), encodes it, and makes
+    /// it in flight.
+    fn issue(&mut self, max_value: usize, mix: OpMix, intended: Instant, now: Instant) {
+        let expect = if let Some(key) = self.to_check.pop_front() {
+            Expect::Check { key }
+        } else if mix == OpMix::AppendOnly {
+            self.next_append()
+        } else {
+            self.draw(max_value)
+        };
+        self.send_op(expect, intended, now);
+    }
+
+    fn draw(&mut self, max_value: usize) -> Expect {
         let key = self.rng.below(self.key_names.len() as u64) as usize;
         let current = self.model[key].clone();
-        let expect = match self.rng.below(4) {
+        match self.rng.below(4) {
             0 => Expect::Put {
                 key,
                 value: self.random_value(max_value),
@@ -337,10 +532,13 @@ impl ClientState {
                     new: self.random_value(max_value),
                 }
             }
-        };
+        }
+    }
+
+    fn send_op(&mut self, expect: Expect, intended: Instant, now: Instant) {
         let (op, k, value, new_value): (Op, usize, &[u8], &[u8]) = match &expect {
             Expect::Put { key, value } => (Op::Put, *key, value, &[]),
-            Expect::Get { key } => (Op::Get, *key, &[], &[]),
+            Expect::Get { key } | Expect::Check { key } => (Op::Get, *key, &[], &[]),
             Expect::Append { key, value } => (Op::Append, *key, value, &[]),
             Expect::Cas { key, expected, new } => (Op::Cas, *key, expected, new),
         };
@@ -367,6 +565,7 @@ impl ClientState {
             intended,
             last_send: now,
             attempts: 1,
+            server: self.server,
         });
     }
 
@@ -394,7 +593,7 @@ impl ClientState {
                 self.model[key] = Some(value);
                 (0, r)
             }
-            Expect::Get { key } => {
+            Expect::Get { key } | Expect::Check { key } => {
                 let r = match &self.model[key] {
                     Some(v) => want(Status::Ok, v),
                     None => want(Status::NotFound, &[]),
@@ -485,7 +684,7 @@ pub fn run_load(cfg: &LoadConfig) -> Result<LoadReport, LoadError> {
 fn run_thread(
     cfg: &LoadConfig,
     ids: &[u64],
-    quota: u64,
+    mut quota: u64,
     thread: u32,
 ) -> Result<LoadReport, LoadError> {
     if !cfg.pin_cores.is_empty() {
@@ -499,6 +698,7 @@ fn run_thread(
         }
     }
     let io = |what| move |source| LoadError::Io { what, source };
+    let servers = cfg.servers();
     let bind: SocketAddr = if cfg.server.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
@@ -523,6 +723,9 @@ fn run_thread(
                 .collect(),
             model: vec![None; cfg.keys as usize],
             inflight: None,
+            append_key: 0,
+            to_check: std::collections::VecDeque::new(),
+            server: 0,
         })
         .collect();
     let mut report = LoadReport {
@@ -535,6 +738,13 @@ fn run_thread(
         first_errors: Vec::new(),
         per_op: [0; 4],
         latency_ns: new_histogram(),
+        lost_writes: 0,
+        applied_twice: 0,
+        keys_checked: 0,
+        longest_stall: Duration::ZERO,
+        stall_end_unix_us: 0,
+        stalls: Vec::new(),
+        by_source: Vec::new(),
     };
     let interval = cfg
         .rate
@@ -546,8 +756,8 @@ fn run_thread(
     let mut last_scan = start;
     let scan_every = (cfg.timeout / 4).max(Duration::from_micros(200));
     let mut buf = [0u8; MAX_DATAGRAM + 1];
-    let send = |socket: &UdpSocket, d: &[u8]| -> Result<(), LoadError> {
-        match socket.send_to(d, cfg.server) {
+    let send = |socket: &UdpSocket, d: &[u8], server: usize| -> Result<(), LoadError> {
+        match socket.send_to(d, servers[server % servers.len()]) {
             Ok(_) => Ok(()),
             // A full socket buffer drops the datagram: the timeout resends it.
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
@@ -557,11 +767,53 @@ fn run_thread(
             }),
         }
     };
-    while report.ops < quota {
+    let mut checking = false;
+    let mut last_progress = start;
+    loop {
+        // Relaxed: a stop request carries no data.
+        if cfg
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            quota = quota.min(issued);
+        }
+        if report.ops >= quota {
+            if !cfg.final_check
+                || (checking
+                    && clients
+                        .iter()
+                        .all(|c| c.to_check.is_empty() && c.inflight.is_none()))
+            {
+                break;
+            }
+            if !checking {
+                // Every op is answered: read back every key.
+                checking = true;
+                for (i, c) in clients.iter_mut().enumerate() {
+                    c.to_check = (0..c.key_names.len()).collect();
+                    if !idle.contains(&i) {
+                        idle.push_back(i);
+                    }
+                }
+            }
+        }
         let now = Instant::now();
         let (ops_before, issued_before) = (report.ops, issued);
-        // 1. Issue.
-        while issued < quota {
+        // 1. Issue (the final check: the next key of every idle client).
+        if checking {
+            while let Some(c) = idle.pop_front() {
+                let client = &mut clients[c];
+                if client.to_check.is_empty() {
+                    continue;
+                }
+                client.issue(cfg.max_value_len, cfg.mix, now, now);
+                if let Some(f) = &client.inflight {
+                    send(&socket, &f.datagram, f.server)?;
+                }
+            }
+        }
+        while !checking && issued < quota {
             let intended = match interval {
                 None => now,
                 Some(_) => {
@@ -573,19 +825,19 @@ fn run_thread(
             };
             let Some(c) = idle.pop_front() else { break };
             let client = &mut clients[c];
-            client.issue(cfg.max_value_len, intended, now);
+            client.issue(cfg.max_value_len, cfg.mix, intended, now);
             issued += 1;
             if let Some(iv) = interval {
                 next_intended += iv;
             }
             if let Some(f) = &client.inflight {
-                send(&socket, &f.datagram)?;
+                send(&socket, &f.datagram, f.server)?;
             }
         }
         // 2. Receive every reply waiting.
         loop {
-            let n = match socket.recv_from(&mut buf) {
-                Ok((n, _)) => n,
+            let (n, from) = match socket.recv_from(&mut buf) {
+                Ok(r) => r,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(source) => {
                     return Err(LoadError::Io {
@@ -617,6 +869,38 @@ fn run_thread(
                 continue;
             };
             let done = Instant::now();
+            note_source(&mut report.by_source, from, unix_us());
+            let stall = done.duration_since(last_progress);
+            let now_us = unix_us();
+            if stall > report.longest_stall {
+                report.longest_stall = stall;
+                report.stall_end_unix_us = now_us;
+            }
+            if stall >= STALL_KEPT && report.stalls.len() < MAX_STALLS {
+                report
+                    .stalls
+                    .push((now_us.saturating_sub(stall.as_micros() as u64), now_us));
+            }
+            last_progress = done;
+            // Later requests of this client go where it was answered.
+            client.server = servers.iter().position(|s| *s == from).unwrap_or(f.server);
+            if let Expect::Check { key } = f.expect {
+                let got = (reply.status == Status::Ok).then_some(reply.value);
+                let (lost, twice) = compare_final(cfg.mix, client.model[key].as_deref(), got);
+                report.keys_checked += 1;
+                report.lost_writes += lost;
+                report.applied_twice += twice;
+                if (lost > 0 || twice > 0) && report.first_errors.len() < KEEP_ERRORS {
+                    report.first_errors.push(format!(
+                        "final check of client {:#x} key {:?}: {lost} acknowledged writes missing, {twice} applied twice (value {:?})",
+                        client.id,
+                        String::from_utf8_lossy(&client.key_names[key]),
+                        String::from_utf8_lossy(got.unwrap_or_default()),
+                    ));
+                }
+                idle.push_back(idx);
+                continue;
+            }
             let lat = done.duration_since(f.intended).as_nanos() as u64;
             report
                 .latency_ns
@@ -645,7 +929,7 @@ fn run_thread(
                 }
                 if f.attempts >= cfg.max_attempts {
                     return Err(LoadError::NoReply {
-                        server: cfg.server,
+                        server: servers[f.server % servers.len()],
                         client_id: client.id,
                         request_no: f.request_no,
                         attempts: f.attempts,
@@ -654,8 +938,10 @@ fn run_thread(
                 }
                 f.attempts += 1;
                 f.last_send = now;
+                // The next address: the service may have moved (failover).
+                f.server = (f.server + 1) % servers.len();
                 report.retries += 1;
-                send(&socket, &f.datagram)?;
+                send(&socket, &f.datagram, f.server)?;
             }
         }
         if cfg.spin || report.ops != ops_before || issued != issued_before {
