@@ -20,6 +20,8 @@
 
 pub mod etcd;
 
+pub mod proxy;
+
 use std::path::PathBuf;
 
 /// The resources `FTVM_REQUIRE` lists (trimmed, empty entries dropped).

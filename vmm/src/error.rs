@@ -179,3 +179,22 @@ pub(crate) fn exception_name(v: u32) -> &'static str {
         _ => "exception",
     }
 }
+
+impl VmError {
+    /// True when the VM stopped because replay diverged from the log
+    /// (at an exit's device or at its checkpoint).
+    pub fn is_divergence(&self) -> bool {
+        use crate::device::DeviceError;
+        use crate::journal::LogError;
+        matches!(
+            self,
+            VmError::Log {
+                source: LogError::Divergence(_),
+                ..
+            } | VmError::Device {
+                source: DeviceError::Log(LogError::Divergence(_)),
+                ..
+            }
+        )
+    }
+}

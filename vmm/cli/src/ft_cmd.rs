@@ -387,7 +387,7 @@ pub fn run_backup(a: BackupArgs, settings: &Settings) -> anyhow::Result<RunOutco
             ),
         ),
         Err(e) => {
-            let cause = if is_divergence(e) {
+            let cause = if e.is_divergence() {
                 StopCause::Diverged
             } else {
                 StopCause::Failed
@@ -412,16 +412,4 @@ pub fn run_backup(a: BackupArgs, settings: &Settings) -> anyhow::Result<RunOutco
         );
     }
     Ok(outcome)
-}
-
-/// True when `e` is (or was caused by) a replay divergence.
-fn is_divergence(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err.downcast_ref::<ftvm_vmm::Divergence>().is_some() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
 }

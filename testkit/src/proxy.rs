@@ -21,6 +21,9 @@ pub struct AckControl {
     pub forwarded: Mutex<Vec<Instant>>,
     /// Primary-to-backup stream offset of a byte to corrupt (u64::MAX: none).
     pub corrupt_at: AtomicU64,
+    /// Forward the backup's first chunk (its Hello), then hold everything
+    /// (no ACK reaches the primary, the handshake still succeeds).
+    pub hold_after_hello: AtomicBool,
 }
 
 /// A running proxy.
@@ -56,6 +59,9 @@ fn pump(
         }
         offset += n as u64;
         if let Some(c) = &ack_ctl {
+            if c.hold_after_hello.load(Ordering::SeqCst) && offset > n as u64 {
+                c.hold.store(true, Ordering::SeqCst);
+            }
             while c.hold.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_micros(200));
             }
@@ -113,6 +119,7 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        self.acks.hold_after_hello.store(false, Ordering::SeqCst);
         self.acks.hold.store(false, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
