@@ -273,10 +273,7 @@ fn tampering_proxy(backup: &str, after_offset: u64) -> (String, Arc<AtomicBool>)
             };
             buf.extend_from_slice(&chunk[..n]);
             // Forward whole frames, tampering with the first packet past the offset.
-            loop {
-                let Ok(Some(len)) = ftvm_wire::peek_frame_len(&buf) else {
-                    break;
-                };
+            while let Ok(Some(len)) = ftvm_wire::peek_frame_len(&buf) {
                 if buf.len() < len {
                     break;
                 }
