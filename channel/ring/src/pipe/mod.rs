@@ -76,6 +76,15 @@ pub(crate) struct Header {
 /// Bytes of header before the data area (384 on x86_64 and aarch64).
 pub const HEADER_LEN: usize = size_of::<Header>();
 
+/// Offset of `write_pos` in the region (128 on x86_64 and aarch64): where a
+/// remote writer (the RDMA transport's trailer mode) stores the position.
+pub const WRITE_POS_OFFSET: usize = std::mem::offset_of!(Header, write_pos);
+
+/// Offset of `read_pos` in the region (256 on x86_64 and aarch64): where a
+/// remote reader stores its credit. The position owns a whole padded block, so
+/// the bytes after it (up to [`HEADER_LEN`]) are free for a transport's use.
+pub const READ_POS_OFFSET: usize = std::mem::offset_of!(Header, read_pos);
+
 /// Alignment the region start needs (128 on x86_64 and aarch64; a page-aligned
 /// mmap always satisfies it).
 pub const REGION_ALIGN: usize = align_of::<Header>();
