@@ -5,6 +5,7 @@
 //! leaves in one `send` at once when it holds an OUTPUT entry; otherwise when
 //! `batch_bytes` are pending or the oldest unsent entry is `max_delay_us` old.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,11 @@ pub struct Primary {
     stats: PrimaryStats,
     peer_goodbye: bool,
     capture: Option<Capture>,
+    /// The transport reports delivery itself (rdma with `completion_ack`):
+    /// (stream end of the whole records of a send, their last seq), oldest first.
+    delivery: Option<VecDeque<(u64, u64)>>,
+    /// Highest seq the transport proved is in the backup's memory.
+    delivered_seq: u64,
 }
 
 /// The capture sink (a newtype so `Primary` stays `Debug`).
@@ -95,7 +101,10 @@ impl Primary {
             },
             timeout,
         )?;
+        let delivery = link.t.delivered().map(|_| VecDeque::new());
         let primary = Primary {
+            delivery,
+            delivered_seq: first_seq - 1,
             link,
             out: Outbox {
                 consumer,
@@ -131,9 +140,26 @@ impl Primary {
         Ok(())
     }
 
-    /// Highest entry seq the backup has ACKed (received and validated).
+    /// Highest entry seq the backup has ACKed (received and validated), or —
+    /// with a transport that reports delivery (`rdma.completion_ack`) — that
+    /// the RC completions prove is in the backup's memory, if higher.
     pub fn acked_seq(&self) -> u64 {
-        self.acked.acked_seq
+        self.acked.acked_seq.max(self.delivered_seq)
+    }
+
+    /// Takes the transport's delivery report (completion-as-ACK transports only).
+    fn take_delivery(&mut self) {
+        let (Some(marks), Some(delivered)) = (self.delivery.as_mut(), self.link.t.delivered())
+        else {
+            return;
+        };
+        while let Some(&(end, seq)) = marks.front() {
+            if end > delivered {
+                break;
+            }
+            self.delivered_seq = seq;
+            marks.pop_front();
+        }
     }
 
     /// The backup's last reported replay position.
@@ -180,6 +206,7 @@ impl Primary {
         let now = Instant::now();
         let mut work = self.receive(now)?;
         work += self.ship(now, false)?;
+        self.take_delivery();
         if now.saturating_duration_since(self.link.last_tx) >= self.tick_interval
             && self.out.partial == 0
             && !self.link.control_pending()
@@ -377,6 +404,15 @@ impl Primary {
         self.last_sent_seq = last_seq;
         self.out.partial = sent_total - released;
         self.out.scanned -= released;
+        if let Some(marks) = self.delivery.as_mut()
+            && entries > 0
+        {
+            // The stream position after the last whole record of this send.
+            marks.push_back((
+                self.link.stats.bytes_out - self.out.partial as u64,
+                last_seq,
+            ));
+        }
         if self.out.partial == self.out.scanned {
             self.out.output_pending = false;
             self.out.pending_since = None;
