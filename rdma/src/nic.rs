@@ -189,7 +189,7 @@ impl Nic {
         let (dev, port, gid) = sysfs::select(&devices, &cfg.device, cfg.port, cfg.gid_index)?;
         #[cfg(feature = "rdma")]
         {
-            crate::verbs::Device::open(cfg, dev, port, gid).map(Nic::Verbs)
+            crate::verbs::Device::open(dev, port, gid).map(Nic::Verbs)
         }
         #[cfg(not(feature = "rdma"))]
         {

@@ -142,12 +142,7 @@ pub struct Device {
 
 impl Device {
     /// Opens the device sysfs selected (see the module doc).
-    pub fn open(
-        cfg: &RdmaConfig,
-        dev: &DeviceInfo,
-        port: &PortInfo,
-        gid: &Gid,
-    ) -> Result<Device, SetupError> {
+    pub fn open(dev: &DeviceInfo, port: &PortInfo, gid: &Gid) -> Result<Device, SetupError> {
         let mut n = 0;
         // SAFETY: `n` is a live out-parameter; the list is freed below.
         let list = unsafe { ibv_get_device_list(&mut n) };
@@ -243,7 +238,6 @@ impl Device {
         if pd.is_null() {
             return Err(fail(format!("ibv_alloc_pd({})", dev.name), errno()));
         }
-        let _ = cfg;
         Ok(Device {
             ctx: Arc::new(Context { ctx, pd }),
             name: dev.name.clone(),
@@ -761,7 +755,7 @@ impl OneSidedPort for VerbsPort {
                 out.push(Completion::Recv { imm, status });
             } else {
                 let ordinal = w.wr_id;
-                let index = (ordinal - self.slots.freed) as usize;
+                let index = ordinal.saturating_sub(self.slots.freed) as usize;
                 let wr_id = self.wr_ids.get(index).copied().unwrap_or(ordinal);
                 self.wr_ids
                     .drain(..=index.min(self.wr_ids.len().saturating_sub(1)));
