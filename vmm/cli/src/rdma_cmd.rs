@@ -37,7 +37,13 @@ fn probe(a: ProbeArgs, settings: &Settings) -> anyhow::Result<()> {
         "settings select: {} port {} gid {} ({gid})",
         dev.name, port.number, gid.index
     );
-    if ftvm_rdma::VERBS_BUILT {
+    if a.sysfs != std::path::Path::new(ftvm_rdma::sysfs::SYSFS_ROOT) {
+        // libibverbs sees the real devices, not the tree --sysfs names.
+        println!(
+            "libibverbs: not checked (--sysfs {} is not the system's)",
+            a.sysfs.display()
+        );
+    } else if ftvm_rdma::VERBS_BUILT {
         let mut s = settings.channel.clone();
         s.rdma.nic = ftvm_tuning::RdmaNic::Hardware;
         match ftvm_channel::transport::rdma::probe_available(&s) {
