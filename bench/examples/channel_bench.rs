@@ -13,8 +13,9 @@ fn main() -> anyhow::Result<()> {
         "tcp" => vec![TransportKind::Tcp],
         "uring" => vec![TransportKind::Uring],
         "shm" => vec![TransportKind::Shm],
-        "all" => vec![TransportKind::Tcp, TransportKind::Uring, TransportKind::Shm],
-        other => anyhow::bail!("transport {other:?}: expected tcp, uring, shm or all"),
+        "rdma" => vec![TransportKind::Rdma],
+        "all" => TransportKind::ALL.to_vec(),
+        other => anyhow::bail!("transport {other:?}: expected tcp, uring, shm, rdma or all"),
     };
     let profile = std::env::var("FTVM_PROFILE").ok();
     let sets: Vec<String> = std::env::var("FTVM_SET")

@@ -9,8 +9,11 @@
 //! Main flow ([`run`]):
 //!
 //! 1. Pick scenarios from the table ([`SCENARIOS`], `--filter`) and
-//!    transports (`--transport tcp|uring|shm|all`); a transport that cannot
-//!    run here is skipped with its reason.
+//!    transports (`--transport tcp|uring|shm|rdma|all`); a transport that
+//!    cannot run here is skipped with its reason, and a run where none could
+//!    is an error naming every reason (`--transport rdma` without a device:
+//!    `no RDMA device: ...`). rdma on the simulated NIC
+//!    (`rdma.nic = "simulated"`) is reported as `rdma-sim`.
 //! 2. Per transport and payload, measure the floors first: `floor` (raw
 //!    ping-pong of an entry frame against an ACK frame) and, for
 //!    `throughput`, `stream-floor` (raw one-way streaming).

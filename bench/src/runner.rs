@@ -34,7 +34,7 @@ pub enum Role {
 /// Options of `ftvm bench channel` (the binary parses, this crate runs).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ChannelOptions {
-    /// Transports to run (`all` expands to tcp, uring, shm).
+    /// Transports to run (`all` expands to tcp, uring, shm, rdma).
     pub transports: Vec<TransportKind>,
     /// Only scenarios whose name contains this.
     pub filter: Option<String>,
@@ -148,6 +148,9 @@ pub fn run_rounds(
             )?;
         }
     }
+    if results.is_empty() && !skipped.is_empty() {
+        bail!("no transport could run here: {}", skipped.join("; "));
+    }
     let report = Report {
         machine: Machine::detect(),
         settings: serde_json::to_value(settings).context("serialize settings")?,
@@ -199,7 +202,20 @@ fn available(settings: &Settings) -> Result<(), String> {
                 .map(drop)
                 .map_err(|e| e.to_string())
         }
+        TransportKind::Rdma => {
+            transport::rdma::probe_available(&settings.channel).map_err(|e| e.to_string())
+        }
         TransportKind::Tcp => Ok(()),
+    }
+}
+
+/// The transport's name in reports: `rdma-sim` when the rdma transport runs
+/// on the simulated NIC (a check of the harness and the protocol's software
+/// path, not a measurement of RDMA).
+fn transport_label(s: &Settings) -> &'static str {
+    match (s.channel.transport, s.channel.rdma.nic) {
+        (TransportKind::Rdma, ftvm_tuning::RdmaNic::Simulated) => "rdma-sim",
+        (kind, _) => kind.name(),
     }
 }
 
@@ -252,7 +268,7 @@ fn run_transport(
     results: &mut Vec<Row>,
     skipped: &mut Vec<String>,
 ) -> Result<()> {
-    let tname = s.channel.transport.name();
+    let tname = transport_label(s);
     let wants = |name: &str| selected.iter().any(|sc| sc.name == name);
     let find = |name: &str| {
         SCENARIOS
@@ -357,6 +373,7 @@ fn run_transport(
             }
         };
         balanced.channel.transport = s.channel.transport;
+        balanced.channel.rdma = s.channel.rdma.clone();
         let params = Params {
             payload,
             count: opts.duration.as_millis() as u64,
@@ -381,7 +398,7 @@ fn run_transport(
 
 /// Runs one scenario: locally on two pinned threads, or as the source of a two-host run.
 fn run_one(opts: &ChannelOptions, s: &Settings, sc: &Scenario, params: Params) -> Result<Outcome> {
-    let tname = s.channel.transport.name();
+    let tname = transport_label(s);
     let label = format!("{} {} {}B", sc.name, tname, params.payload);
     let pb = ProgressBar::with_draw_target(Some(params.count), ProgressDrawTarget::hidden());
     if let Ok(style) = ProgressStyle::with_template("{msg:28} [{bar:40}] {pos}/{len} {elapsed}") {
@@ -487,6 +504,7 @@ fn serve_one(s: &Settings, mut t: Box<dyn Transport>) -> Result<()> {
         && let Ok(mut b) = Settings::load(Some("balanced"), &[])
     {
         b.channel.transport = s.channel.transport;
+        b.channel.rdma = s.channel.rdma.clone();
         s = b;
     }
     (sc.sink)(&s, pre.params, t)

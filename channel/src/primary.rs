@@ -92,6 +92,11 @@ pub struct Primary {
     peer_vm: String,
     /// Start of the last full poll.
     last_poll: Instant,
+    /// The transport reports delivery itself (rdma with `completion_ack`):
+    /// (stream end of the whole records of a send, their last seq), oldest first.
+    delivery: Option<VecDeque<(u64, u64)>>,
+    /// Highest seq the transport proved is in the backup's memory.
+    delivered_seq: u64,
 }
 
 /// [`Primary::poll_exit`] receives at most this often.
@@ -152,7 +157,10 @@ impl Primary {
             timeout,
         )?;
         let now = Instant::now();
+        let delivery = link.t.delivered().map(|_| VecDeque::new());
         Ok(Primary {
+            delivery,
+            delivered_seq: first_seq - 1,
             link,
             out: Outbox {
                 consumer,
@@ -243,9 +251,38 @@ impl Primary {
         Ok(())
     }
 
-    /// Highest entry seq the backup has ACKed (received and validated).
+    /// Highest entry seq the backup has ACKed (received and validated), or —
+    /// with a transport that reports delivery (`rdma.completion_ack`) — that
+    /// the RC completions prove is in the backup's memory, if higher.
     pub fn acked_seq(&self) -> u64 {
-        self.acked.acked_seq
+        self.acked.acked_seq.max(self.delivered_seq)
+    }
+
+    /// Takes the transport's delivery report (completion-as-ACK transports only).
+    fn take_delivery(&mut self) {
+        let (Some(marks), Some(delivered)) = (self.delivery.as_mut(), self.link.t.delivered())
+        else {
+            return;
+        };
+        while let Some(&(end, seq)) = marks.front() {
+            if end > delivered {
+                break;
+            }
+            self.delivered_seq = seq;
+            marks.pop_front();
+        }
+        // What landed in the backup's memory proves its sends, like an ACK.
+        let mut proved = None;
+        while let Some(&(seq, at)) = self.sends.front() {
+            if seq > self.delivered_seq {
+                break;
+            }
+            proved = Some(at);
+            self.sends.pop_front();
+        }
+        if let Some(at) = proved {
+            self.proved(at);
+        }
     }
 
     /// The backup's last reported replay position.
@@ -306,6 +343,7 @@ impl Primary {
         self.last_poll = now;
         let mut work = self.receive(now)?;
         work += self.ship(now, false)?;
+        self.take_delivery();
         if now.saturating_duration_since(self.link.last_tx) >= self.tick_interval
             && self.out.partial == 0
             && !self.link.control_pending()
@@ -548,6 +586,15 @@ impl Primary {
         self.last_sent_seq = last_seq;
         self.out.partial = sent_total - released;
         self.out.scanned -= released;
+        if let Some(marks) = self.delivery.as_mut()
+            && entries > 0
+        {
+            // The stream position after the last whole record of this send.
+            marks.push_back((
+                self.link.stats.bytes_out - self.out.partial as u64,
+                last_seq,
+            ));
+        }
         if self.out.partial == self.out.scanned {
             self.out.output_pending = false;
             self.out.pending_since = None;

@@ -3,16 +3,19 @@
 //! Each check is a function over a connected pair `(a, b)` built by
 //! [`pair`] from the real transport (real sockets, real rings, a real shared
 //! mapping); the `#[test]` functions at the bottom run every check for every
-//! transport. Transports that need something this machine may lack (io_uring)
-//! print `SKIP <test>: <reason>` and pass, unless `FTVM_REQUIRE` names the
-//! resource, in which case the skip fails the test.
+//! transport. Transports that need something this machine may lack (io_uring,
+//! an RDMA device) print `SKIP <test>: <reason>` and pass, unless
+//! `FTVM_REQUIRE` names the resource, in which case the skip fails the test.
+//! `rdma_sim` runs the rdma transport end to end (TCP hello, connection
+//! parameters, queue pair setup, the one-sided protocol, close over TCP) with
+//! only the NIC simulated (`rdma.nic = "simulated"`).
 
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use ftvm_channel::transport::{self, Interest, Transport, TransportError};
-use ftvm_tuning::{ChannelSettings, TransportKind};
+use ftvm_tuning::{ChannelSettings, RdmaNic, TransportKind};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -30,10 +33,21 @@ fn settings(kind: TransportKind) -> ChannelSettings {
     }
 }
 
+/// Settings for the rdma transport over the simulated NIC.
+fn sim_settings() -> ChannelSettings {
+    let mut s = settings(TransportKind::Rdma);
+    s.rdma.nic = RdmaNic::Simulated;
+    s.rdma.recv_ring_bytes = 256 << 10;
+    s
+}
+
 /// Whether `kind` can run here; `Err(reason)` when it cannot.
 fn available(kind: TransportKind) -> Result<(), String> {
     match kind {
         TransportKind::Uring => transport::uring::probe_available().map_err(|e| e.to_string()),
+        TransportKind::Rdma => {
+            transport::rdma::probe_available(&settings(kind)).map_err(|e| e.to_string())
+        }
         _ => Ok(()),
     }
 }
@@ -57,7 +71,12 @@ fn runnable(kind: TransportKind, test: &str) -> bool {
 
 /// A connected pair: `a` connected, `b` accepted.
 fn pair(kind: TransportKind) -> Result<Pair> {
-    let s = settings(kind);
+    pair_with(settings(kind))
+}
+
+/// A connected pair over the transport `s` names.
+fn pair_with(s: ChannelSettings) -> Result<Pair> {
+    let kind = s.transport;
     let addr = match kind {
         TransportKind::Shm => format!("contract-{}-{}", std::process::id(), rand::random::<u32>()),
         _ => "127.0.0.1:0".to_string(),
@@ -390,4 +409,47 @@ mod shm {
         flow_control => flow_control,
         wait_with_timeout => wait_with_timeout,
     );
+}
+
+mod rdma {
+    use super::*;
+    contract!(
+        TransportKind::Rdma,
+        streams_both_directions => streams_both_directions,
+        orderly_close_after_all_bytes => orderly_close_after_all_bytes,
+        peer_drop_is_error => peer_drop_is_error,
+        flow_control => flow_control,
+        wait_with_timeout => wait_with_timeout,
+    );
+}
+
+/// The rdma transport with the simulated NIC: runs everywhere.
+mod rdma_sim {
+    use super::*;
+
+    macro_rules! sim_contract {
+        ($($name:ident => $check:ident),* $(,)?) => {
+            $(
+                #[test]
+                fn $name() -> Result<()> {
+                    super::$check(pair_with(sim_settings())?)
+                }
+            )*
+        };
+    }
+
+    sim_contract!(
+        streams_both_directions => streams_both_directions,
+        orderly_close_after_all_bytes => orderly_close_after_all_bytes,
+        peer_drop_is_error => peer_drop_is_error,
+        flow_control => flow_control,
+        wait_with_timeout => wait_with_timeout,
+    );
+
+    #[test]
+    fn trailer_visibility_passes_too() -> Result<()> {
+        let mut s = sim_settings();
+        s.rdma.visibility = ftvm_tuning::RdmaVisibility::Trailer;
+        super::streams_both_directions(pair_with(s)?)
+    }
 }

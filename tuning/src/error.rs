@@ -51,7 +51,7 @@ pub enum SettingsError {
     },
     /// A top-level table that is not a settings section.
     #[error(
-        "{origin}: unknown section [{section}] (sections: channel, vmm){}",
+        "{origin}: unknown section [{section}] (sections: channel, rdma, vmm){}",
         did_you_mean(suggestion)
     )]
     UnknownSection {
@@ -172,6 +172,20 @@ pub enum SettingsError {
         batch_bytes: u64,
         /// The ring size.
         ring_bytes: u64,
+    },
+    /// `rdma.signal_every` larger than half of `rdma.sq_depth`.
+    #[error(
+        "{origin}: rdma.signal_every = {signal_every} must be <= rdma.sq_depth / 2 = {} \
+         (sq_depth = {sq_depth}; unsignalled requests would fill the send queue)",
+        sq_depth / 2
+    )]
+    SignalOverHalfQueue {
+        /// Where the settings came from.
+        origin: String,
+        /// The signalling interval.
+        signal_every: u32,
+        /// The send-queue depth.
+        sq_depth: u32,
     },
     /// `channel.peer_timeout_ms` not above `channel.tick_interval_ms`.
     #[error(

@@ -6,7 +6,7 @@
 //! test fails until it has one).
 
 use crate::error::SettingsError;
-use crate::types::{Idle, Settings, TransportKind};
+use crate::types::{Idle, RdmaNic, RdmaVisibility, Settings, TransportKind};
 use std::fmt;
 
 /// The type and allowed values of a key.
@@ -32,6 +32,12 @@ pub enum Kind {
     Bool,
     /// One of a few words (a TOML string).
     Choice(&'static [&'static str]),
+    /// A name (a TOML string) of at most `max_len` letters, digits, `-`, `_`
+    /// or `.`; empty allowed (it means "pick one").
+    Name {
+        /// Longest allowed name.
+        max_len: usize,
+    },
 }
 
 impl Kind {
@@ -45,6 +51,9 @@ impl Kind {
             Kind::Choice(words) => {
                 let quoted: Vec<String> = words.iter().map(|w| format!("\"{w}\"")).collect();
                 format!("one of {}", quoted.join(", "))
+            }
+            Kind::Name { max_len } => {
+                format!("a name of at most {max_len} letters, digits, '-', '_' or '.' (or \"\")")
             }
         }
     }
@@ -151,6 +160,42 @@ impl KeyField for TransportKind {
     fn from_value(value: &KeyValue) -> Option<Self> {
         match value {
             KeyValue::Choice(w) => TransportKind::ALL.into_iter().find(|t| t.name() == w),
+            _ => None,
+        }
+    }
+}
+
+impl KeyField for String {
+    fn to_value(&self) -> KeyValue {
+        KeyValue::Choice(self.clone())
+    }
+    fn from_value(value: &KeyValue) -> Option<Self> {
+        match value {
+            KeyValue::Choice(w) => Some(w.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl KeyField for RdmaNic {
+    fn to_value(&self) -> KeyValue {
+        KeyValue::Choice(self.name().to_owned())
+    }
+    fn from_value(value: &KeyValue) -> Option<Self> {
+        match value {
+            KeyValue::Choice(w) => RdmaNic::ALL.into_iter().find(|t| t.name() == w),
+            _ => None,
+        }
+    }
+}
+
+impl KeyField for RdmaVisibility {
+    fn to_value(&self) -> KeyValue {
+        KeyValue::Choice(self.name().to_owned())
+    }
+    fn from_value(value: &KeyValue) -> Option<Self> {
+        match value {
+            KeyValue::Choice(w) => RdmaVisibility::ALL.into_iter().find(|t| t.name() == w),
             _ => None,
         }
     }
@@ -265,6 +310,16 @@ impl KeySpec {
                 }
             }
             (Kind::Bool, KeyValue::Bool(_)) => Ok(()),
+            (Kind::Name { max_len }, KeyValue::Choice(w)) => {
+                let ok = w.len() <= max_len
+                    && w.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                if ok {
+                    Ok(())
+                } else {
+                    Err(self.wrong_type(origin, given, format!("\"{w}\"")))
+                }
+            }
             (Kind::Choice(words), KeyValue::Choice(w)) => {
                 if words.contains(&w.as_str()) {
                     Ok(())
@@ -317,8 +372,34 @@ macro_rules! key {
     };
 }
 
+/// A key whose field lives elsewhere than `settings.<section>.<name>`:
+/// `key!(rdma.port @ channel.rdma.port, ...)` (the `[rdma]` section is held
+/// in `ChannelSettings::rdma`).
+macro_rules! key_at {
+    ($section:ident . $name:ident @ $($path:ident).+, $kind:expr, $unit:expr, $pair:expr) => {
+        KeySpec {
+            section: stringify!($section),
+            name: stringify!($name),
+            kind: $kind,
+            unit: $unit,
+            pair: $pair,
+            get: |s| KeyField::to_value(&s.$($path).+),
+            set: |s, v| match KeyField::from_value(v) {
+                Some(x) => {
+                    s.$($path).+ = x;
+                    true
+                }
+                None => false,
+            },
+        }
+    };
+}
+
 const IDLE_NAMES: &[&str] = &["spin", "spin-yield", "park"];
-const TRANSPORT_NAMES: &[&str] = &["tcp", "shm", "uring"];
+const TRANSPORT_NAMES: &[&str] = &["tcp", "shm", "uring", "rdma"];
+const RDMA_NIC_NAMES: &[&str] = &["hardware", "simulated"];
+const RDMA_VISIBILITY_NAMES: &[&str] = &["immediate", "trailer"];
+const DEPTH: Kind = Kind::PowerOfTwo { min: 16, max: 8192 };
 const CORE: Kind = Kind::Int { min: -1, max: 1023 };
 const CORE_UNIT: &str = "core index, -1 = not pinned";
 
@@ -438,6 +519,80 @@ pub static KEYS: &[KeySpec] = &[
         "µs",
         false
     ),
+    key_at!(rdma.nic @ channel.rdma.nic, Kind::Choice(RDMA_NIC_NAMES), "-", false),
+    key_at!(rdma.device @ channel.rdma.device, Kind::Name { max_len: 64 }, "-", false),
+    key_at!(
+        rdma.port @ channel.rdma.port,
+        Kind::Int { min: 1, max: 255 },
+        "port number",
+        false
+    ),
+    key_at!(
+        rdma.gid_index @ channel.rdma.gid_index,
+        Kind::Int { min: -1, max: 255 },
+        "GID table index, -1 = auto",
+        false
+    ),
+    key_at!(
+        rdma.ack_timeout @ channel.rdma.ack_timeout,
+        Kind::Int { min: 1, max: 31 },
+        "exponent: 4.096 µs × 2^n per try",
+        false
+    ),
+    key_at!(
+        rdma.retry_count @ channel.rdma.retry_count,
+        Kind::Int { min: 0, max: 7 },
+        "retries",
+        false
+    ),
+    key_at!(
+        rdma.rnr_retry @ channel.rdma.rnr_retry,
+        Kind::Int { min: 0, max: 7 },
+        "retries, 7 = forever",
+        false
+    ),
+    key_at!(
+        rdma.traffic_class @ channel.rdma.traffic_class,
+        Kind::Int { min: 0, max: 255 },
+        "GRH traffic class (DSCP << 2 | ECN)",
+        false
+    ),
+    key_at!(
+        rdma.service_level @ channel.rdma.service_level,
+        Kind::Int { min: 0, max: 15 },
+        "service level",
+        false
+    ),
+    key_at!(
+        rdma.recv_ring_bytes @ channel.rdma.recv_ring_bytes,
+        Kind::PowerOfTwo {
+            min: 65_536,
+            max: 1_073_741_824
+        },
+        "bytes",
+        false
+    ),
+    key_at!(rdma.sq_depth @ channel.rdma.sq_depth, DEPTH, "work requests", false),
+    key_at!(rdma.rq_depth @ channel.rdma.rq_depth, DEPTH, "work requests", false),
+    key_at!(
+        rdma.signal_every @ channel.rdma.signal_every,
+        Kind::Int { min: 1, max: 4096 },
+        "work requests",
+        false
+    ),
+    key_at!(
+        rdma.max_inline_bytes @ channel.rdma.max_inline_bytes,
+        Kind::Int { min: 0, max: 1024 },
+        "bytes",
+        false
+    ),
+    key_at!(
+        rdma.visibility @ channel.rdma.visibility,
+        Kind::Choice(RDMA_VISIBILITY_NAMES),
+        "-",
+        false
+    ),
+    key_at!(rdma.completion_ack @ channel.rdma.completion_ack, Kind::Bool, "-", false),
     key!(
         vmm.mem_mib,
         Kind::Int {
@@ -465,7 +620,7 @@ pub fn find(section: &str, name: &str) -> Option<&'static KeySpec> {
 }
 
 /// The section names, in order.
-pub const SECTIONS: &[&str] = &["channel", "vmm"];
+pub const SECTIONS: &[&str] = &["channel", "rdma", "vmm"];
 
 #[cfg(test)]
 mod tests {
@@ -477,6 +632,10 @@ mod tests {
         assert_eq!(idle, IDLE_NAMES);
         let transports: Vec<&str> = TransportKind::ALL.iter().map(|t| t.name()).collect();
         assert_eq!(transports, TRANSPORT_NAMES);
+        let nics: Vec<&str> = RdmaNic::ALL.iter().map(|t| t.name()).collect();
+        assert_eq!(nics, RDMA_NIC_NAMES);
+        let vis: Vec<&str> = RdmaVisibility::ALL.iter().map(|t| t.name()).collect();
+        assert_eq!(vis, RDMA_VISIBILITY_NAMES);
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //!    is `section.name` or a bare `name` when only one section has it.
 //! 4. Check the whole ([`Settings::validate`]): every range again plus the
 //!    cross-key rules (`batch_bytes <= ring_bytes / 2`,
-//!    `peer_timeout_ms > tick_interval_ms`).
+//!    `peer_timeout_ms > tick_interval_ms`, `rdma.signal_every <= rdma.sq_depth / 2`).
 //!
 //! The two ends of an FT pair compare [`Settings::fingerprint`], a hash of the
 //! keys marked [`KeySpec::pair`]: every `[vmm]` key and `channel.transport`.
@@ -49,7 +49,10 @@ pub mod types;
 pub use error::SettingsError;
 pub use keys::{KEYS, KeySpec, KeyValue, Kind};
 pub use profiles::{PROFILES, profile_names};
-pub use types::{ChannelSettings, Idle, Settings, TransportKind, VmmSettings};
+pub use types::{
+    ChannelSettings, Idle, RdmaNic, RdmaSettings, RdmaVisibility, Settings, TransportKind,
+    VmmSettings,
+};
 
 /// Version of the fingerprint text; bump when its layout changes.
 const FINGERPRINT_VERSION: u32 = 1;
@@ -109,6 +112,13 @@ impl Settings {
                 origin: origin.to_owned(),
                 batch_bytes: c.batch_bytes as u64,
                 ring_bytes: c.ring_bytes as u64,
+            });
+        }
+        if c.rdma.signal_every > c.rdma.sq_depth / 2 {
+            return Err(SettingsError::SignalOverHalfQueue {
+                origin: origin.to_owned(),
+                signal_every: c.rdma.signal_every,
+                sq_depth: c.rdma.sq_depth,
             });
         }
         if c.peer_timeout_ms <= c.tick_interval_ms {

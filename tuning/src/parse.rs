@@ -93,7 +93,7 @@ fn from_text(spec: &KeySpec, text: &str, origin: &str) -> Result<KeyValue, Setti
             "false" => Ok(KeyValue::Bool(false)),
             _ => Err(wrong()),
         },
-        Kind::Choice(_) => Ok(KeyValue::Choice(bare.to_owned())),
+        Kind::Choice(_) | Kind::Name { .. } => Ok(KeyValue::Choice(bare.to_owned())),
     }
 }
 

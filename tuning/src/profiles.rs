@@ -9,6 +9,7 @@ use std::path::Path;
 pub const PROFILES: &[(&str, &str)] = &[
     ("balanced", include_str!("../profiles/balanced.toml")),
     ("latency", include_str!("../profiles/latency.toml")),
+    ("rdma-rack", include_str!("../profiles/rdma-rack.toml")),
     ("throughput", include_str!("../profiles/throughput.toml")),
 ];
 

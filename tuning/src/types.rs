@@ -46,12 +46,18 @@ pub enum TransportKind {
     Shm,
     /// io_uring over TCP sockets.
     Uring,
+    /// RDMA: RC queue pairs writing one-sided into the peer's ring (`[rdma]`).
+    Rdma,
 }
 
 impl TransportKind {
     /// Every transport, in the order the docs list them.
-    pub const ALL: [TransportKind; 3] =
-        [TransportKind::Tcp, TransportKind::Shm, TransportKind::Uring];
+    pub const ALL: [TransportKind; 4] = [
+        TransportKind::Tcp,
+        TransportKind::Shm,
+        TransportKind::Uring,
+        TransportKind::Rdma,
+    ];
 
     /// The name used in settings and on the command line.
     pub fn name(self) -> &'static str {
@@ -59,6 +65,122 @@ impl TransportKind {
             TransportKind::Tcp => "tcp",
             TransportKind::Shm => "shm",
             TransportKind::Uring => "uring",
+            TransportKind::Rdma => "rdma",
+        }
+    }
+}
+
+/// Which NIC carries `transport = "rdma"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RdmaNic {
+    /// A real RDMA device through libibverbs (the `rdma` cargo feature).
+    Hardware,
+    /// The simulated NIC of `ftvm-rdma`: queue pairs of one process only,
+    /// for tests and harness checks on machines without RDMA. Never a rack setting.
+    Simulated,
+}
+
+impl RdmaNic {
+    /// Every choice, in the order the docs list them.
+    pub const ALL: [RdmaNic; 2] = [RdmaNic::Hardware, RdmaNic::Simulated];
+
+    /// The name used in settings.
+    pub fn name(self) -> &'static str {
+        match self {
+            RdmaNic::Hardware => "hardware",
+            RdmaNic::Simulated => "simulated",
+        }
+    }
+}
+
+/// How the RDMA transport makes written bytes visible to the reader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RdmaVisibility {
+    /// RDMA WRITE WITH IMMEDIATE carrying the end position (works on every NIC).
+    Immediate,
+    /// An 8-byte trailer written after the data, polled by the reader; used
+    /// only when the reader's queue pair reports in-order data placement
+    /// (`ibv_query_qp_data_in_order`), else the reader falls back to immediate.
+    Trailer,
+}
+
+impl RdmaVisibility {
+    /// Every choice, in the order the docs list them.
+    pub const ALL: [RdmaVisibility; 2] = [RdmaVisibility::Immediate, RdmaVisibility::Trailer];
+
+    /// The name used in settings.
+    pub fn name(self) -> &'static str {
+        match self {
+            RdmaVisibility::Immediate => "immediate",
+            RdmaVisibility::Trailer => "trailer",
+        }
+    }
+}
+
+/// `[rdma]`: the RDMA transport (`channel.transport = "rdma"`), see
+/// `docs/deploy-rdma.md`. Stored in [`ChannelSettings::rdma`] so that the
+/// channel's `transport::connect(&ChannelSettings, ..)` sees it; in TOML it
+/// is a section of its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RdmaSettings {
+    /// Real device or the simulated NIC.
+    pub nic: RdmaNic,
+    /// Device name (`mlx5_0`); empty: the first device with an ACTIVE port.
+    pub device: String,
+    /// Port number on the device (1-based).
+    pub port: u8,
+    /// GID table index; -1: the first RoCE v2 GID with an IPv4 address, else
+    /// the first RoCE v2 GID, else 0 (InfiniBand).
+    pub gid_index: i32,
+    /// Local ACK timeout exponent: 4.096 µs × 2^ack_timeout per try.
+    pub ack_timeout: u8,
+    /// Transport retries before a write fails with retry-exceeded.
+    pub retry_count: u8,
+    /// Receiver-not-ready retries (7 = forever).
+    pub rnr_retry: u8,
+    /// Traffic class of the GRH (RoCE v2: DSCP << 2 | ECN).
+    pub traffic_class: u8,
+    /// Service level (InfiniBand SL; RoCE: the VLAN priority when no DSCP map).
+    pub service_level: u8,
+    /// Data bytes of this end's receive ring (power of two): what the peer
+    /// may have in flight towards us.
+    pub recv_ring_bytes: usize,
+    /// Send-queue depth in work requests.
+    pub sq_depth: u32,
+    /// Receive-queue depth (receives for incoming immediates).
+    pub rq_depth: u32,
+    /// One send work request in this many asks for a completion.
+    pub signal_every: u32,
+    /// Writes up to this many bytes go inline (capped by the queue pair's `max_inline_data`).
+    pub max_inline_bytes: u32,
+    /// How written bytes become visible to the reader.
+    pub visibility: RdmaVisibility,
+    /// The RC completion of a write counts as the backup's ACK for the output rule.
+    pub completion_ack: bool,
+}
+
+impl Default for RdmaSettings {
+    fn default() -> Self {
+        RdmaSettings {
+            nic: RdmaNic::Hardware,
+            device: String::new(),
+            port: 1,
+            gid_index: -1,
+            ack_timeout: 14,
+            retry_count: 7,
+            rnr_retry: 7,
+            traffic_class: 0,
+            service_level: 0,
+            recv_ring_bytes: 4 << 20,
+            sq_depth: 256,
+            rq_depth: 256,
+            signal_every: 32,
+            max_inline_bytes: 128,
+            visibility: RdmaVisibility::Immediate,
+            completion_ack: false,
         }
     }
 }
@@ -103,6 +225,10 @@ pub struct ChannelSettings {
     pub uring_entries: u32,
     /// Backup replay lag that slows the primary (µs).
     pub lag_limit_us: u64,
+    /// The RDMA transport's settings: the `[rdma]` section (serialized there,
+    /// not inside `[channel]`).
+    #[serde(skip)]
+    pub rdma: RdmaSettings,
 }
 
 impl Default for ChannelSettings {
@@ -126,6 +252,7 @@ impl Default for ChannelSettings {
             uring_sqpoll: false,
             uring_entries: 256,
             lag_limit_us: 500_000,
+            rdma: RdmaSettings::default(),
         }
     }
 }
@@ -152,12 +279,45 @@ impl Default for VmmSettings {
     }
 }
 
-/// All settings.
+/// All settings. In TOML and JSON: `[channel]`, `[rdma]` (held in
+/// `channel.rdma`) and `[vmm]`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(from = "SettingsRepr", into = "SettingsRepr")]
 pub struct Settings {
-    /// The logging channel.
+    /// The logging channel (with the RDMA transport's settings in `channel.rdma`).
     pub channel: ChannelSettings,
     /// The virtual machine.
     pub vmm: VmmSettings,
+}
+
+/// The serialized shape of [`Settings`]: one table per section.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[derive(Default)]
+struct SettingsRepr {
+    channel: ChannelSettings,
+    rdma: RdmaSettings,
+    vmm: VmmSettings,
+}
+
+impl From<SettingsRepr> for Settings {
+    fn from(r: SettingsRepr) -> Settings {
+        Settings {
+            channel: ChannelSettings {
+                rdma: r.rdma,
+                ..r.channel
+            },
+            vmm: r.vmm,
+        }
+    }
+}
+
+impl From<Settings> for SettingsRepr {
+    fn from(s: Settings) -> SettingsRepr {
+        SettingsRepr {
+            rdma: s.channel.rdma.clone(),
+            channel: s.channel,
+            vmm: s.vmm,
+        }
+    }
 }

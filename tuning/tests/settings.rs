@@ -111,6 +111,26 @@ fn shipped_profiles_hold_their_documented_values() {
         (1024, 500, 200)
     );
 
+    let rack = Settings::load(Some("rdma-rack"), &[]).unwrap().channel;
+    assert_eq!(rack.transport, TransportKind::Rdma);
+    assert_eq!(rack.idle, Idle::Spin);
+    assert_eq!(
+        (
+            rack.rdma.ack_timeout,
+            rack.rdma.retry_count,
+            rack.rdma.traffic_class
+        ),
+        (12, 4, 106)
+    );
+    // The queue pair gives up on a dead peer (16.8 ms x 5 tries) before peer_timeout_ms.
+    let qp_ms =
+        4.096e-3 * f64::from(1u32 << rack.rdma.ack_timeout) * f64::from(rack.rdma.retry_count + 1);
+    assert!(qp_ms < rack.peer_timeout_ms as f64, "{qp_ms} ms");
+    assert!(
+        !rack.rdma.completion_ack,
+        "the backup's ACK stays the default"
+    );
+
     let balanced = Settings::load(Some("balanced"), &[]).unwrap().channel;
     assert_eq!(
         balanced.idle,
@@ -192,7 +212,7 @@ fn unknown_profile_lists_the_shipped_ones() {
     let err = Settings::load(Some("fast"), &[]).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "unknown profile \"fast\" (shipped: balanced, latency, throughput; or give a path to a .toml file)"
+        "unknown profile \"fast\" (shipped: balanced, latency, rdma-rack, throughput; or give a path to a .toml file)"
     );
 }
 
@@ -209,6 +229,9 @@ fn set_every_key_type() {
     s.apply_set("uring_sqpoll=false").unwrap();
     s.apply_set("channel.idle=park").unwrap(); // choice
     s.apply_set("transport=\"shm\"").unwrap(); // quoted choice
+    s.apply_set("rdma.device=mlx5_1").unwrap(); // name
+    s.apply_set("device=\"\"").unwrap(); // empty name, quoted
+    s.apply_set("gid_index=3").unwrap();
     assert_eq!(s.channel.batch_bytes, 4096);
     assert_eq!(s.channel.ring_bytes, 1 << 20);
     assert_eq!(s.channel.lag_limit_us, 2_000_000);
@@ -218,6 +241,10 @@ fn set_every_key_type() {
     assert_eq!(
         (s.channel.idle, s.channel.transport),
         (Idle::Park, TransportKind::Shm)
+    );
+    assert_eq!(
+        (s.channel.rdma.device.as_str(), s.channel.rdma.gid_index),
+        ("", 3)
     );
     s.validate().unwrap();
 }
@@ -233,6 +260,7 @@ fn every_key_resolves_bare_and_full_and_takes_its_bounds() {
             Kind::OneOf(values) => values.iter().map(i64::to_string).collect(),
             Kind::Bool => vec!["true".into(), "false".into()],
             Kind::Choice(words) => words.iter().map(|w| (*w).to_owned()).collect(),
+            Kind::Name { max_len } => vec![String::new(), "mlx5_0".into(), "n".repeat(max_len)],
         };
         for value in values {
             let mut by_full = Settings::default();
@@ -313,8 +341,24 @@ fn value_errors_name_key_value_and_what_is_allowed() {
             "--set channel.idle=fast: expected one of \"spin\", \"spin-yield\", \"park\", found \"fast\"",
         ),
         (
-            "transport=rdma",
-            "--set channel.transport=rdma: expected one of \"tcp\", \"shm\", \"uring\", found \"rdma\"",
+            "transport=infiniband",
+            "--set channel.transport=infiniband: expected one of \"tcp\", \"shm\", \"uring\", \"rdma\", found \"infiniband\"",
+        ),
+        (
+            "rdma.device=mlx5/0",
+            "--set rdma.device=mlx5/0: expected a name of at most 64 letters, digits, '-', '_' or '.' (or \"\"), found \"mlx5/0\"",
+        ),
+        (
+            "nic=emulated",
+            "--set rdma.nic=emulated: expected one of \"hardware\", \"simulated\", found \"emulated\"",
+        ),
+        (
+            "ack_timeout=0",
+            "--set rdma.ack_timeout=0: value 0 out of range 1..=31 (exponent: 4.096 µs × 2^n per try)",
+        ),
+        (
+            "rdma.sq_depth=100",
+            "--set rdma.sq_depth=100: value 100 is not a power of two in 16..=8192 (work requests)",
         ),
         (
             "mem_mib=",
@@ -356,11 +400,11 @@ fn profile_errors_name_origin_key_and_value() {
         ),
         (
             "[chanel]\nidle = \"spin\"\n",
-            "profile test: unknown section [chanel] (sections: channel, vmm) (did you mean channel?)",
+            "profile test: unknown section [chanel] (sections: channel, rdma, vmm) (did you mean channel?)",
         ),
         (
             "[network]\n",
-            "profile test: unknown section [network] (sections: channel, vmm)",
+            "profile test: unknown section [network] (sections: channel, rdma, vmm)",
         ),
         (
             "channel = 3\n",
@@ -443,6 +487,14 @@ fn cross_key_rules_apply_after_all_overrides() {
         "profile throughput with --set overrides: channel.batch_bytes = 1048576 must be <= \
          channel.ring_bytes / 2 = 524288 (ring_bytes = 1048576)"
     );
+    let err =
+        Settings::load(None, &sets(&["rdma.signal_every=200", "rdma.sq_depth=256"])).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "defaults with --set overrides: rdma.signal_every = 200 must be <= rdma.sq_depth / 2 = 128 \
+         (sq_depth = 256; unsignalled requests would fill the send queue)"
+    );
+    Settings::load(None, &sets(&["rdma.signal_every=200", "rdma.sq_depth=512"])).unwrap();
     let err =
         Settings::load(None, &sets(&["peer_timeout_ms=10", "tick_interval_ms=10"])).unwrap_err();
     assert!(matches!(
@@ -559,6 +611,12 @@ fn to_toml_round_trips_and_serde_sees_every_section() {
     assert_eq!(json["channel"]["idle"], "park");
     assert_eq!(json["channel"]["transport"], "tcp");
     assert_eq!(json["vmm"]["mem_mib"], 64);
+    assert_eq!(json["rdma"]["nic"], "hardware");
+    assert_eq!(json["rdma"]["gid_index"], -1);
+    assert!(
+        json["channel"].get("rdma").is_none(),
+        "[rdma] is a section, not a channel key"
+    );
 }
 
 #[test]

@@ -11,10 +11,12 @@
 //! | tcp   | [`tcp`]  | std sockets, TCP_NODELAY, nonblocking                   |
 //! | shm   | [`shm`]  | two one-sided byte rings in a shared mapping (one host) |
 //! | uring | [`uring`]| io_uring over a TCP socket                              |
+//! | rdma  | [`rdma`] | RC queue pairs, one-sided into the peer's ring (`ftvm-rdma`) |
 
 use std::io;
 use std::time::Duration;
 
+pub mod rdma;
 pub mod shm;
 pub mod tcp;
 pub mod uring;
@@ -103,6 +105,14 @@ pub trait Transport: Send + std::fmt::Debug {
     fn readable_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+
+    /// Stream bytes sent so far that the transport knows are in the peer's
+    /// memory, when it can tell (rdma with `rdma.completion_ack`: the RC
+    /// completion of the write); the primary then counts them as ACKed.
+    /// Default: `None` (only the peer's ACK says so).
+    fn delivered(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Accepts connections for one transport; keeps listening after a connection ends.
@@ -119,8 +129,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connects to `addr` over the transport named by `settings.transport`.
 ///
-/// `addr` is `host:port` for tcp and uring, a name (letters, digits, `-_.`)
-/// for shm.
+/// `addr` is `host:port` for tcp, uring and rdma (its TCP hello), a name
+/// (letters, digits, `-_.`) for shm.
 pub fn connect(
     settings: &ftvm_tuning::ChannelSettings,
     addr: &str,
@@ -134,6 +144,7 @@ pub fn connect(
         )?),
         TransportKind::Shm => Box::new(shm::ShmTransport::connect(addr, CONNECT_TIMEOUT)?),
         TransportKind::Uring => uring::connect(settings, addr)?,
+        TransportKind::Rdma => rdma::connect(settings, addr)?,
     })
 }
 
@@ -150,5 +161,6 @@ pub fn listen(
         )?),
         TransportKind::Shm => Box::new(shm::ShmListener::bind(addr, settings.socket_buffer_bytes)?),
         TransportKind::Uring => uring::listen(settings, addr)?,
+        TransportKind::Rdma => rdma::listen(settings, addr)?,
     })
 }

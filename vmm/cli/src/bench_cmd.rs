@@ -37,7 +37,9 @@ pub struct ChannelArgs {
     /// Run only scenarios whose name contains SUBSTR.
     #[arg(long, value_name = "SUBSTR")]
     pub filter: Option<String>,
-    /// Transport: tcp, uring, shm or all (default: channel.transport).
+    /// Transport: tcp, uring, shm, rdma or all (default: channel.transport).
+    /// rdma runs on the device `[rdma]` selects; `--set rdma.nic=simulated`
+    /// runs it on the simulated NIC (a harness check, not a measurement).
     #[arg(long)]
     pub transport: Option<String>,
     /// Latency samples (round trips, OUTPUT entries, mixed entries) per scenario.
@@ -88,11 +90,17 @@ pub(crate) fn transports(
 ) -> anyhow::Result<Vec<TransportKind>> {
     Ok(match arg {
         None => vec![settings.channel.transport],
-        Some("all") => vec![TransportKind::Tcp, TransportKind::Uring, TransportKind::Shm],
+        Some("all") => vec![
+            TransportKind::Tcp,
+            TransportKind::Uring,
+            TransportKind::Shm,
+            TransportKind::Rdma,
+        ],
         Some("tcp") => vec![TransportKind::Tcp],
         Some("uring") => vec![TransportKind::Uring],
         Some("shm") => vec![TransportKind::Shm],
-        Some(other) => bail!("--transport {other:?}: expected tcp, uring, shm or all"),
+        Some("rdma") => vec![TransportKind::Rdma],
+        Some(other) => bail!("--transport {other:?}: expected tcp, uring, shm, rdma or all"),
     })
 }
 

@@ -112,7 +112,7 @@ pub fn with_transport(settings: &Settings, name: Option<&str>) -> anyhow::Result
         s.channel.transport = TransportKind::ALL
             .into_iter()
             .find(|t| t.name() == name)
-            .with_context(|| format!("--transport {name:?}: choose tcp, shm or uring"))?;
+            .with_context(|| format!("--transport {name:?}: choose tcp, shm, uring or rdma"))?;
     }
     Ok(s)
 }

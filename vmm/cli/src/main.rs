@@ -12,6 +12,7 @@ mod client_cmd;
 mod demo;
 mod ft_cmd;
 mod log_cmd;
+mod rdma_cmd;
 mod vmm_cmd;
 
 #[global_allocator]
@@ -22,7 +23,7 @@ static GLOBAL: MiMalloc = MiMalloc;
 #[command(name = "ftvm", version, about, propagate_version = true)]
 struct Cli {
     /// Settings profile: a name shipped in tuning/profiles (latency, throughput,
-    /// balanced) or a path to a TOML file.
+    /// balanced, rdma-rack) or a path to a TOML file.
     #[arg(long, global = true, value_name = "NAME")]
     profile: Option<String>,
     /// Override one setting, e.g. `--set channel.batch_bytes=4096` (repeatable).
@@ -45,6 +46,9 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
+    /// RDMA tools: `ftvm rdma probe` lists devices, ports and GIDs.
+    #[command(subcommand)]
+    Rdma(rdma_cmd::RdmaCommand),
     /// Client of the kv reference guest.
     Client(client_cmd::ClientArgs),
     /// Run the backup VMM: wait for a primary and replay its log as it arrives.
@@ -64,6 +68,7 @@ fn main() -> std::process::ExitCode {
             Command::Channel(c) => channel_cmd::run(c, &settings),
             Command::Log(c) => log_cmd::run(c, &settings),
             Command::Bench(c) => bench_cmd::run(c, &settings),
+            Command::Rdma(c) => rdma_cmd::run(c, &settings),
             Command::Client(a) => client_cmd::run(a, &settings),
             Command::Backup(a) => ft_cmd::run_backup(a, &settings).map(|o| {
                 println!("state digest {:016x} at exit {}", o.state.digest, o.exits);

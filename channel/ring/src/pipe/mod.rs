@@ -27,13 +27,15 @@
 //!    space is `capacity - (write_pos - read_pos)`; only when that is too small
 //!    does it reload `read_pos` (the reader's credit).
 //! 2. It copies bytes into `data` at `write_pos & mask` (two pieces across the
-//!    end), then stores `write_pos + n` with Release. Over RDMA this is an
-//!    RDMA WRITE of the data followed by an RDMA WRITE of the 8-byte position
-//!    (RC queue pairs deliver WRITEs in order).
+//!    end), then stores `write_pos + n` with Release. Over RDMA (`ftvm-rdma`)
+//!    this is an RDMA WRITE of the data followed by an RDMA WRITE of the
+//!    8-byte position, where the reader's queue pair places data in order;
+//!    elsewhere the position travels as the data's WRITE WITH IMMEDIATE.
 //! 3. The **reader** loads `write_pos` (Acquire), checks
 //!    `write_pos - read_pos <= capacity` (anything else is [`RingError::Corrupt`]),
 //!    copies bytes out and stores its new `read_pos` (Release): the credit. Over
-//!    RDMA the credit is an 8-byte RDMA WRITE back into the writer's copy.
+//!    RDMA the credit is an RDMA WRITE back into the writer's copy (with a
+//!    check word against torn reads: see `ftvm_rdma::layout`).
 //!
 //! # Trust
 //!
@@ -75,6 +77,15 @@ pub(crate) struct Header {
 
 /// Bytes of header before the data area (384 on x86_64 and aarch64).
 pub const HEADER_LEN: usize = size_of::<Header>();
+
+/// Offset of `write_pos` in the region (128 on x86_64 and aarch64): where a
+/// remote writer (the RDMA transport's trailer mode) stores the position.
+pub const WRITE_POS_OFFSET: usize = std::mem::offset_of!(Header, write_pos);
+
+/// Offset of `read_pos` in the region (256 on x86_64 and aarch64): where a
+/// remote reader stores its credit. The position owns a whole padded block, so
+/// the bytes after it (up to [`HEADER_LEN`]) are free for a transport's use.
+pub const READ_POS_OFFSET: usize = std::mem::offset_of!(Header, read_pos);
 
 /// Alignment the region start needs (128 on x86_64 and aarch64; a page-aligned
 /// mmap always satisfies it).

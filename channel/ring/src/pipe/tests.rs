@@ -58,6 +58,7 @@ fn layout_is_fixed() {
         assert_eq!(REGION_ALIGN, 128);
         assert_eq!(std::mem::offset_of!(Header, write_pos), 128);
         assert_eq!(std::mem::offset_of!(Header, read_pos), 256);
+        assert_eq!((WRITE_POS_OFFSET, READ_POS_OFFSET), (128, 256));
     }
     assert_eq!(std::mem::offset_of!(Header, capacity), 8);
     assert_eq!(region_len(4096), HEADER_LEN + 4096);
