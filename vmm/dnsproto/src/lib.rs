@@ -7,8 +7,8 @@
 //! response) — never a panic, and in time bounded by the datagram's length.
 //! Decode problems are [`DnsDecodeError`]s naming the field and the offending
 //! values; on the wire they become FORMERR. With feature `std` the crate adds
-//! the host side: a UDP server thread ([`host`]) and a runner of the real
-//! `dnsperf` tool ([`dnsperf`]). The normative description is `docs/dns.md`.
+//! the host side: a UDP server thread ([`host`]), and runners of the real
+//! `dnsperf` ([`dnsperf`]), `dig` and `nsupdate` ([`tools`]). The normative description is `docs/dns.md`.
 //!
 //! # The main flow
 //!
@@ -73,6 +73,8 @@ mod zone;
 pub mod dnsperf;
 #[cfg(feature = "std")]
 pub mod host;
+#[cfg(feature = "std")]
+pub mod tools;
 
 pub use dup::{DUP_REPLY_MAX, DupSlot, DupTable, PEER_LEN};
 pub use error::{DnsDecodeError, NameTextError, ZoneLoadError};
