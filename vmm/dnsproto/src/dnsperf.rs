@@ -174,6 +174,17 @@ pub enum DnsperfError {
     },
 }
 
+/// `Ok` if `dnsperf` can be started; `Err` says `dnsperf not installed (not on PATH)`.
+pub fn probe() -> Result<(), String> {
+    match Command::new("dnsperf").arg("-h").output() {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err("dnsperf not installed (not on PATH)".to_string())
+        }
+        Err(e) => Err(format!("dnsperf cannot be started: {e}")),
+    }
+}
+
 /// Runs dnsperf with `cfg` and reads its report.
 pub fn run(cfg: &DnsperfConfig) -> Result<DnsperfReport, DnsperfError> {
     let args = cfg.args();
