@@ -12,7 +12,7 @@
 //!      dependent, compared after all the others), else NXRRSET.
 //! 3. Update section prescan (§3.4.1): names in the zone (NOTZONE), classes
 //!    and fields as the RFC allows (FORMERR), record data well formed
-//!    (FORMERR) and within [`MAX_RDATA`](crate::rdata::MAX_RDATA) (REFUSED),
+//!    (FORMERR) and within [`MAX_RDATA`] (REFUSED),
 //!    and room for every addition in the zone's slots (SERVFAIL otherwise —
 //!    counted before anything changes, so nothing is half applied).
 //! 4. Apply in order (§3.4.2): class IN adds (a duplicate only refreshes

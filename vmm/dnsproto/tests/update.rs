@@ -507,3 +507,30 @@ fn servers_fed_the_same_datagrams_have_the_same_digest() {
     // An empty server differs from the loaded one.
     assert_ne!(host_server(256, 16).digest(), sized(256, 16).digest());
 }
+
+#[test]
+fn the_worst_value_dependent_prerequisites_a_datagram_holds_are_checked_quickly() {
+    let mut s = server();
+    // As many 16-byte prerequisites (compressed owner, A data) as 2 KiB holds,
+    // all the one record of www's A RRset: every one is found, and each is
+    // compared with all before it (the quadratic case).
+    let prereqs: Vec<_> = (0..120u32)
+        .map(|_| {
+            let mut r = a("www.example.test.", 0, "192.0.2.10");
+            r.ttl = 0;
+            r
+        })
+        .collect();
+    let wire = bytes(&update("example.test.", prereqs, vec![]));
+    assert!(wire.len() <= 2016, "{} bytes", wire.len());
+    let t = std::time::Instant::now();
+    let r = raw(&mut s, &wire).unwrap();
+    let took = t.elapsed();
+    println!(
+        "{} prerequisites in {} bytes checked in {took:?}",
+        120,
+        wire.len()
+    );
+    assert_eq!(r[3] & 0xf, 0, "NOERROR: the RRset is exactly that record");
+    assert!(took < std::time::Duration::from_millis(200), "{took:?}");
+}
