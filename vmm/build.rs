@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Guests embedded in the VMM (each a member of vmm/guests/Cargo.toml).
-const GUESTS: &[&str] = &["hello", "ticker", "kv", "echo"];
+const GUESTS: &[&str] = &["hello", "ticker", "kv", "echo", "dns"];
 /// Load address of guest images (docs/guest-abi.md).
 const IMAGE_ADDR: u64 = 0x1_0000;
 const TARGET: &str = "x86_64-unknown-none";
@@ -20,6 +20,7 @@ fn main() {
     // Crates of the main workspace the guests build from (path dependencies).
     println!("cargo:rerun-if-changed=abi");
     println!("cargo:rerun-if-changed=kvproto/src");
+    println!("cargo:rerun-if-changed=dnsproto/src");
 
     ensure_target();
 

@@ -12,7 +12,7 @@ pub enum BenchCommand {
     Channel(ChannelArgs),
     /// VMM benchmark: live vs record mode with the kv guest.
     Vmm(crate::bench_vmm::BenchVmmArgs),
-    /// End to end: kv and echo guests, unprotected vs FT per transport.
+    /// End to end: kv, echo and dns guests, unprotected vs FT per transport.
     E2e(crate::bench_e2e::BenchE2eArgs),
     /// Failover: faults (SIGKILL, SIGSTOP, partition) injected into a pair
     /// of ftvm processes under a self-checking load; lost / applied-twice /

@@ -1,7 +1,8 @@
 //! `ftvm bench e2e`: the whole system, unprotected against FT, in one run on
 //! one machine: kv throughput and latency, the latency FT adds beside the
-//! channel's round-trip floor, logging bandwidth, and an echo-guest network
-//! test in the style of the VMware FT paper's network table.
+//! channel's round-trip floor, logging bandwidth, an echo-guest network
+//! test in the style of the VMware FT paper's network table, and the dns
+//! guest under the real dnsperf (`bench_dns.rs`).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -43,6 +44,8 @@ pub struct BenchE2eArgs {
     /// SVG percentile plot.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub dns: crate::bench_dns::DnsArgs,
 }
 
 /// A backup for `kind`: a free loopback port, or an shm name unique to this process.
@@ -65,24 +68,24 @@ fn to_latency(r: &LoadReport) -> Latency {
 
 /// What one FT run adds up to.
 #[derive(Debug, serde::Serialize)]
-struct Summary {
-    test: &'static str,
-    transport: String,
-    ops_per_s: f64,
-    ratio_to_unprotected: Option<f64>,
-    p50_us: f64,
-    p99_us: f64,
-    p999_us: f64,
-    added_p50_us: Option<f64>,
-    channel_rtt_p50_us: Option<f64>,
-    added_p50_in_rtts: Option<f64>,
-    log_mbit_s: Option<f64>,
-    digests_equal: Option<bool>,
-    rx_pps: Option<f64>,
-    tx_pps: Option<f64>,
-    rx_mbit_s: Option<f64>,
-    tx_mbit_s: Option<f64>,
-    lost: Option<u64>,
+pub(crate) struct Summary {
+    pub(crate) test: &'static str,
+    pub(crate) transport: String,
+    pub(crate) ops_per_s: f64,
+    pub(crate) ratio_to_unprotected: Option<f64>,
+    pub(crate) p50_us: f64,
+    pub(crate) p99_us: f64,
+    pub(crate) p999_us: f64,
+    pub(crate) added_p50_us: Option<f64>,
+    pub(crate) channel_rtt_p50_us: Option<f64>,
+    pub(crate) added_p50_in_rtts: Option<f64>,
+    pub(crate) log_mbit_s: Option<f64>,
+    pub(crate) digests_equal: Option<bool>,
+    pub(crate) rx_pps: Option<f64>,
+    pub(crate) tx_pps: Option<f64>,
+    pub(crate) rx_mbit_s: Option<f64>,
+    pub(crate) tx_mbit_s: Option<f64>,
+    pub(crate) lost: Option<u64>,
 }
 
 /// A pair run that ended cleanly: the primary's outcome, and for a
@@ -317,6 +320,8 @@ pub fn run(a: BenchE2eArgs, settings: &Settings) -> anyhow::Result<()> {
     rows.push(echo_row("echo", "none", &echo_base));
     summaries.push(echo_summary("none".into(), &echo_base, None, None));
     let echo_base_pps = echo_base.received as f64 / echo_base.secs.max(1e-9);
+    let dns_base =
+        crate::bench_dns::unprotected(&a.dns, settings, &mut rows, &mut summaries, &mut skipped);
 
     for kind in kinds {
         let mut s = settings.clone();
@@ -374,10 +379,14 @@ pub fn run(a: BenchE2eArgs, settings: &Settings) -> anyhow::Result<()> {
         let mut sum = echo_summary(name.into(), &e, mbit, equal);
         sum.ratio_to_unprotected = Some(sum.ops_per_s / echo_base_pps);
         summaries.push(sum);
+        if let Some(base) = &dns_base {
+            let (r, su, sk) = (&mut rows, &mut summaries, &mut skipped);
+            crate::bench_dns::protected(&a.dns, &s, kind, fl, base, r, su, sk);
+        }
     }
 
     println!(
-        "\n{:<6} {:<6} {:>10} {:>7} {:>9} {:>9} {:>9} {:>10} {:>8} {:>10} {:>9} {:>7}",
+        "\n{:<6} {:<6} {:>10} {:>7} {:>9} {:>9} {:>9} {:>10} {:>8} {:>10} {:>9} {:>7} {:>6}",
         "test",
         "trans",
         "ops/s",
@@ -389,12 +398,13 @@ pub fn run(a: BenchE2eArgs, settings: &Settings) -> anyhow::Result<()> {
         "RTT p50",
         "log Mbit/s",
         "Mbit/s",
-        "digests"
+        "digests",
+        "lost"
     );
     let f = |v: Option<f64>, d: usize| v.map_or("-".to_string(), |x| format!("{x:.d$}"));
     for s in &summaries {
         println!(
-            "{:<6} {:<6} {:>10.0} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>10} {:>8} {:>10} {:>9} {:>7}",
+            "{:<6} {:<6} {:>10.0} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>10} {:>8} {:>10} {:>9} {:>7} {:>6}",
             s.test,
             s.transport,
             s.ops_per_s,
@@ -408,6 +418,7 @@ pub fn run(a: BenchE2eArgs, settings: &Settings) -> anyhow::Result<()> {
             f(s.rx_mbit_s, 1),
             s.digests_equal
                 .map_or("-", |e| if e { "equal" } else { "DIFFER" }),
+            s.lost.map_or("-".to_string(), |l| l.to_string()),
         );
     }
     for s in &skipped {
@@ -437,6 +448,8 @@ pub fn run(a: BenchE2eArgs, settings: &Settings) -> anyhow::Result<()> {
             options: serde_json::json!({
                 "transport": a.transport, "ops": a.ops, "clients": a.clients,
                 "echo_packets": a.echo_packets, "echo_bytes": a.echo_bytes, "echo_window": a.echo_window,
+                "dns_seconds": a.dns.dns_seconds, "dns_clients": a.dns.dns_clients,
+                "dns_outstanding": a.dns.dns_outstanding, "dns_skip_updates": a.dns.dns_skip_updates,
             }),
             results: rows,
             skipped,

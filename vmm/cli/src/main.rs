@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
 
 mod bench_cmd;
+mod bench_dns;
 mod bench_e2e;
 mod bench_vmm;
 mod channel_cmd;

@@ -25,7 +25,7 @@ pub enum VmmCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct PrimaryArgs {
-    /// Embedded guest to run (hello, ticker, kv, echo).
+    /// Embedded guest to run (hello, ticker, kv, echo, dns).
     #[arg(long)]
     guest: String,
     /// UDP address the guest's NIC serves on.

@@ -16,6 +16,16 @@ use ftvm_testkit::proxy::Proxy;
 use ftvm_vmm::kvm_or_skip;
 use nix::sys::signal::Signal;
 
+/// These tests time failures against `peer_timeout_ms`: one at a time, so
+/// that two pairs do not starve each other of this host's two cores.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn ftvm() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ftvm"))
 }
@@ -164,6 +174,7 @@ fn load_cfg(pair: &Pair, stop: &Arc<AtomicBool>) -> LoadConfig {
 /// afterwards (the final read-back answers).
 #[test]
 fn every_fault_keeps_every_acknowledged_write() {
+    let _serial = serial();
     if !kvm_or_skip("every_fault_keeps_every_acknowledged_write") {
         return;
     }
@@ -211,6 +222,7 @@ fn every_fault_keeps_every_acknowledged_write() {
 /// wins and goes unprotected — within a moment, not at the end of its run.
 #[test]
 fn sigint_of_an_idle_backup_unprotects_the_primary_at_once() {
+    let _serial = serial();
     if !kvm_or_skip("sigint_of_an_idle_backup_unprotects_the_primary_at_once") {
         return;
     }
@@ -309,6 +321,7 @@ fn tampering_proxy(backup: &str, after_offset: u64) -> (String, Arc<AtomicBool>)
 /// for the next generation at once, wins, and serves on unprotected.
 #[test]
 fn a_diverging_backup_unprotects_the_primary_at_once() {
+    let _serial = serial();
     if !kvm_or_skip("a_diverging_backup_unprotects_the_primary_at_once") {
         return;
     }
@@ -377,6 +390,7 @@ fn a_diverging_backup_unprotects_the_primary_at_once() {
 /// served; once it is back, the backup wins and serves, nothing lost.
 #[test]
 fn a_backup_goes_live_only_once_the_arbiter_is_back() {
+    let _serial = serial();
     if !kvm_or_skip("a_backup_goes_live_only_once_the_arbiter_is_back") {
         return;
     }
@@ -437,6 +451,7 @@ fn a_backup_goes_live_only_once_the_arbiter_is_back() {
 /// are re-issued by the backup at go-live.
 #[test]
 fn the_backup_reissues_the_shared_disk_writes_the_primary_never_did() {
+    let _serial = serial();
     if !kvm_or_skip("the_backup_reissues_the_shared_disk_writes_the_primary_never_did") {
         return;
     }
@@ -492,6 +507,7 @@ fn the_backup_reissues_the_shared_disk_writes_the_primary_never_did() {
 /// A mismatched pair is refused at the handshake, naming what differs.
 #[test]
 fn a_mismatched_pair_is_refused_naming_what_differs() {
+    let _serial = serial();
     let dir = tmp("mismatch");
     let listen = addr(false);
     let run = |extra_b: &[&str], extra_p: &[&str]| -> (String, String) {
