@@ -34,6 +34,7 @@ pub mod boot;
 pub mod device;
 pub mod devices;
 pub mod digest;
+pub mod dirty;
 pub mod error;
 pub mod journal;
 pub mod layout;
@@ -41,6 +42,7 @@ pub mod log;
 pub mod memory;
 pub mod output;
 pub mod payload;
+pub mod persist;
 pub mod vcpu;
 pub mod vm;
 
@@ -55,10 +57,13 @@ pub use log::{
     LogEntry, LogFileReader, LogFileWriter, LogSink, LogSinkError, LogSource, LogSourceError,
     MemoryLog, SourcePoll,
 };
-pub use memory::{GuestMemory, GuestMemoryError, IoDesc};
+pub use memory::{GuestMemory, GuestMemoryError, IoDesc, MemoryReader};
 pub use output::{ImmediateGate, OutputGate, Release};
 pub use payload::{CheckpointRecord, describe_entry};
-pub use vm::{RunMode, RunOutcome, StopReason, Vm, VmConfig, VmError};
+pub use vm::{
+    AtExit, AtExitError, ExitBoundary, RunMode, RunOutcome, StopReason, Vm, VmConfig, VmControl,
+    VmError,
+};
 
 /// The flat image of the embedded guest `name`.
 pub fn guest_image(name: &str) -> Option<&'static [u8]> {

@@ -1,9 +1,11 @@
 //! The KVM objects of a VM (thin layer over kvm-ioctls): VM fd with one
-//! dirty-logged memory slot, one vCPU, owned exit values, interrupt
-//! injection without an in-kernel irqchip, and register snapshots for crash
-//! reports. Policy lives in `vm.rs`.
+//! dirty-logged memory slot (its log is read through `dirty.rs` only), one
+//! vCPU, owned exit values, interrupt injection without an in-kernel
+//! irqchip, register snapshots for crash reports, and the vCPU's save and
+//! restore (`vcpu/persist.rs`). Policy lives in `vm.rs`.
 
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use kvm_bindings::{
     KVM_MAX_CPUID_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES, kvm_regs, kvm_sregs,
@@ -140,14 +142,16 @@ impl std::fmt::Display for RegsSnapshot {
 /// `_IOW(KVMIO, 0x86, struct kvm_interrupt)`: not wrapped by kvm-ioctls.
 const KVM_INTERRUPT: libc::c_ulong = 0x4004_ae86;
 
+mod persist;
+pub use persist::VcpuState;
+
 /// The KVM VM and its single vCPU.
 #[derive(Debug)]
 pub struct Machine {
-    /// The VM fd (dirty log).
-    pub vm: VmFd,
+    /// The VM fd (dirty log; shared with the dirty tracker).
+    pub vm: Arc<VmFd>,
     /// The vCPU.
     pub vcpu: Vcpu,
-    mem_size: usize,
 }
 
 /// The vCPU.
@@ -192,17 +196,9 @@ impl Machine {
         fd.set_regs(&boot::initial_regs(cpl))
             .map_err(kvm("set regs"))?;
         Ok(Machine {
-            vm,
+            vm: Arc::new(vm),
             vcpu: Vcpu { fd },
-            mem_size: mem.size() as usize,
         })
-    }
-
-    /// Returns and clears KVM's dirty bitmap of slot 0.
-    pub fn take_dirty_log(&self) -> Result<Vec<u64>, KvmError> {
-        self.vm
-            .get_dirty_log(0, self.mem_size)
-            .map_err(kvm("get dirty log"))
     }
 }
 

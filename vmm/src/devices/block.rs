@@ -426,6 +426,8 @@ impl Device for Block {
     }
 }
 
+pub mod persist;
+
 #[cfg(test)]
 mod tests {
     //! Device-level tests without KVM: the block device driven through real
