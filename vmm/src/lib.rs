@@ -43,6 +43,7 @@ pub mod memory;
 pub mod output;
 pub mod payload;
 pub mod persist;
+pub mod transfer;
 pub mod vcpu;
 pub mod vm;
 
