@@ -5,71 +5,23 @@
 
 mod common;
 
-use std::sync::mpsc;
+use std::path::Path;
 use std::time::Duration;
 
+use common::state::*;
 use common::*;
 use ftvm_vmm::persist::VmSnapshot;
-use ftvm_vmm::{ExitBoundary, LogFileReader, RunMode, StopReason, Vm, VmControl};
-
-/// Runs `f` at the first exit boundary with ordinal >= `ordinal`.
-fn at_ordinal<T: Send + 'static>(
-    control: &VmControl,
-    ordinal: u64,
-    f: impl FnOnce(&mut ExitBoundary<'_>) -> T + Send + 'static,
-) -> mpsc::Receiver<T> {
-    let (tx, rx) = mpsc::sync_channel(1);
-    fn again<T: Send + 'static>(
-        c: VmControl,
-        ordinal: u64,
-        f: Box<dyn FnOnce(&mut ExitBoundary<'_>) -> T + Send>,
-        tx: mpsc::SyncSender<T>,
-    ) {
-        let c2 = c.clone();
-        c.at_next_exit(move |b| {
-            if b.ordinal() >= ordinal {
-                let _ = tx.send(f(b));
-            } else {
-                again(c2, ordinal, f, tx);
-            }
-        });
-    }
-    again(control.clone(), ordinal, Box::new(f), tx);
-    rx
-}
-
-#[derive(Clone, Default)]
-struct SharedLog(std::sync::Arc<std::sync::Mutex<ftvm_vmm::MemoryLog>>);
-
-impl SharedLog {
-    fn bytes(&self) -> Vec<u8> {
-        let g = self.0.lock().unwrap();
-        if g.bytes.is_empty() {
-            ftvm_vmm::MemoryLog::new().bytes
-        } else {
-            g.bytes.clone()
-        }
-    }
-}
-
-impl ftvm_vmm::LogSink for SharedLog {
-    fn append(&mut self, h: &ftvm_wire::Header, p: &[u8]) -> Result<(), ftvm_vmm::LogSinkError> {
-        let mut g = self.0.lock().unwrap();
-        if g.bytes.is_empty() {
-            *g = ftvm_vmm::MemoryLog::new();
-        }
-        g.append(h, p)
-    }
-    fn flush(&mut self) -> Result<(), ftvm_vmm::LogSinkError> {
-        Ok(())
-    }
-}
+use ftvm_vmm::transfer::{receive, write_snapshot};
+use ftvm_vmm::{LogFileReader, RunMode, StopReason, Vm};
 
 #[test]
 fn ticker_snapshot_restores_and_replays_to_the_same_digest() {
     if !kvm_or_skip("ticker_snapshot_restores_and_replays_to_the_same_digest") {
         return;
     }
+    // Timer ticks, interrupts, clock and random inputs: the original runs
+    // live, and from the snapshot's exit on records the log the restored
+    // VM replays.
     let (c, out) = config("ticker", 30);
     let vm = Vm::new(c, RunMode::Live).unwrap();
     let control = vm.control();
@@ -92,15 +44,77 @@ fn ticker_snapshot_restores_and_replays_to_the_same_digest() {
     assert_eq!(original.reason, StopReason::GuestExit(0));
     assert!(snap.state.ordinal >= 40);
 
-    let (c, out2) = config("ticker", 30);
-    let src = LogFileReader::from_bytes(std::path::Path::new("b.log"), &log.bytes()).unwrap();
+    let (c, _) = config("ticker", 30);
+    let src = LogFileReader::from_bytes(Path::new("b.log"), &log.bytes()).unwrap();
     let mut restored = Vm::new(c, RunMode::Replay(Box::new(src))).unwrap();
     let digest = restored.restore_snapshot(&snap).expect("restore");
     assert_eq!(digest, snap.digest);
+    assert_eq!(restored.ordinal(), snap.state.ordinal);
     let replayed = restored.run().expect("replay");
-    println!("restored console:\n{}", text(&out2));
     assert_eq!(replayed.reason, StopReason::GuestExit(0));
     assert_eq!(replayed.exits, original.exits);
     assert_eq!(replayed.state, original.state);
     assert_eq!(replayed.interrupts, original.interrupts);
+    assert_eq!(replayed.checkpoints, original.checkpoints);
+}
+
+#[test]
+fn kv_snapshot_under_load_restores_and_replays_to_the_same_digest() {
+    if !kvm_or_skip("kv_snapshot_under_load_restores_and_replays_to_the_same_digest") {
+        return;
+    }
+    let rec = KvRecording::start(64);
+    let load = load(rec.addr, 30_000, 5);
+    // Mid-load: well past boot, while requests arrive.
+    let at = wait_for_exit(&rec.control, 1_500);
+    let snap = rec
+        .control
+        .call_at_next_exit(|b| b.snapshot())
+        .wait(Duration::from_secs(10))
+        .unwrap()
+        .expect("snapshot");
+    let report = load.join().unwrap();
+    let log = rec.log.clone();
+    let original = rec.stop();
+    println!(
+        "snapshot at exit {} (asked after {at}): {} nonzero pages, {} components; load {} ops; original {} exits",
+        snap.state.ordinal,
+        snap.memory.pages.len(),
+        snap.state.tree.sections.len(),
+        report.ops,
+        original.exits
+    );
+    assert!(
+        original.exits > snap.state.ordinal + 1_000,
+        "load after the snapshot"
+    );
+    for id in ["vcpu", "timer", "journal", "clock", "net"] {
+        assert!(snap.state.tree.get(id).is_some(), "{id} saved");
+    }
+
+    // Restore directly, and through the transfer stream, into two new VMs;
+    // both replay the original's log after the snapshot's exit.
+    let stream = write_snapshot(&snap, Vec::new()).unwrap();
+    for via_stream in [false, true] {
+        let (mut vm, tx) = replayer("kv");
+        if via_stream {
+            let r = receive(&mut vm, stream.as_slice()).expect("receive");
+            assert_eq!(r.digest, snap.digest);
+            assert_eq!(r.ordinal, snap.state.ordinal);
+        } else {
+            assert_eq!(vm.restore_snapshot(&snap).expect("restore"), snap.digest);
+        }
+        for e in log.entries_after(snap.state.ordinal) {
+            tx.send(e).unwrap();
+        }
+        drop(tx);
+        let replayed = vm.run().expect("replay from the snapshot");
+        assert_eq!(replayed.reason, StopReason::PrimaryStopped);
+        assert_eq!(replayed.exits, original.exits);
+        assert_eq!(
+            replayed.state, original.state,
+            "final digest (stream {via_stream})"
+        );
+        assert_eq!(replayed.checkpoints, original.checkpoints);
+    }
 }

@@ -93,6 +93,18 @@ pub enum ReceiveStateError {
     /// The state is for another VM or version, or a component refused it.
     #[error("receive state")]
     Restore(#[source] RestoreStateError),
+    /// The received memory does not hash to the sender's memory digest.
+    #[error(
+        "receive state: memory digest at exit {ordinal}: the received memory hashes to {mine:016x}, the sender's to {sender:016x}"
+    )]
+    MemoryDigest {
+        /// Exit ordinal of the join point.
+        ordinal: u64,
+        /// The sender's memory digest.
+        sender: u64,
+        /// This VM's.
+        mine: u64,
+    },
     /// This VM's state digest at the join point is not the sender's.
     #[error(
         "receive state: state digest at exit {ordinal}: this VM has {mine}, the sender's is {sender}"
@@ -344,16 +356,12 @@ impl Receiver<'_> {
             .vm
             .rebase_digest()
             .map_err(|c| ReceiveStateError::Restore(c.into()))?;
-        let digest_error = |mine| ReceiveStateError::Digest {
-            ordinal,
-            sender: e.digest,
-            mine,
-        };
         if mem_digest != e.digest.mem_digest {
-            return Err(digest_error(CheckpointRecord {
-                mem_digest,
-                ..EMPTY
-            }));
+            return Err(ReceiveStateError::MemoryDigest {
+                ordinal,
+                sender: e.digest.mem_digest,
+                mine: mem_digest,
+            });
         }
         let mut tree = own;
         tree.insert(vcpu);
@@ -373,7 +381,11 @@ impl Receiver<'_> {
             .join_digest()
             .map_err(|c| ReceiveStateError::Restore(c.into()))?;
         if mine != e.digest {
-            return Err(digest_error(mine));
+            return Err(ReceiveStateError::Digest {
+                ordinal,
+                sender: e.digest,
+                mine,
+            });
         }
         self.report.ordinal = ordinal;
         self.report.next_seq = e.next_seq;
