@@ -254,6 +254,38 @@ impl GuestMemory {
         Ok(IoDesc { addr, len })
     }
 
+    /// Makes pages `first..first + count` all zero without touching them
+    /// (`MADV_DONTNEED`: an anonymous private mapping reads back zeros and
+    /// the host frees the memory; KVM drops its mappings through its MMU
+    /// notifier). Marks them dirty.
+    pub fn discard_pages(&self, first: usize, count: usize) -> Result<(), GuestMemoryError> {
+        let off = self.check((first * PAGE_SIZE) as u64, count * PAGE_SIZE)?;
+        if count == 0 {
+            return Ok(());
+        }
+        // SAFETY: `check` proved the range lies inside our mapping (page
+        // aligned: mmap, and `off` is a multiple of the page size). The vCPU
+        // is not running while the VMM handles guest memory and no borrow of
+        // these bytes is alive (`page` slices end before any write). The
+        // mapping is anonymous and private, so the pages read back as zero.
+        let r = unsafe {
+            libc::madvise(
+                self.map.ptr.add(off).cast(),
+                count * PAGE_SIZE,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if r != 0 {
+            // Not expected for a valid range; fall back to writing zeros.
+            for p in first..first + count {
+                self.write((p * PAGE_SIZE) as u64, &[0u8; PAGE_SIZE])?;
+            }
+            return Ok(());
+        }
+        self.mark_dirty(off, count * PAGE_SIZE);
+        Ok(())
+    }
+
     /// The bytes of page `index` (for digests).
     pub(crate) fn page(&self, index: usize) -> &[u8] {
         assert!(index < self.pages(), "page {index} out of range");
@@ -385,6 +417,11 @@ mod tests {
             "guest range gpa 0xfffe len 4 is outside guest memory of 0x10000 bytes"
         );
         assert!(m.read_u64(u64::MAX - 3).is_err());
+        // Discarded pages read back as zero and are dirty.
+        m.discard_pages(1, 1).unwrap();
+        assert_eq!(m.read_u64(0x1ff8).unwrap(), 0);
+        assert_eq!(m.take_vmm_dirty()[0], 0b10);
+        assert!(m.discard_pages(15, 2).is_err());
     }
 
     #[test]

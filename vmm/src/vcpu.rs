@@ -144,6 +144,7 @@ const KVM_INTERRUPT: libc::c_ulong = 0x4004_ae86;
 
 mod persist;
 pub use persist::VcpuState;
+pub(crate) use persist::probe_host;
 
 /// The KVM VM and its single vCPU.
 #[derive(Debug)]

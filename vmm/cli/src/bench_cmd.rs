@@ -14,6 +14,8 @@ pub enum BenchCommand {
     Vmm(crate::bench_vmm::BenchVmmArgs),
     /// End to end: kv and echo guests, unprotected vs FT per transport.
     E2e(crate::bench_e2e::BenchE2eArgs),
+    /// State transfer: live pre-copy of the kv guest, idle and under load.
+    Transfer(crate::bench_transfer::BenchTransferArgs),
 }
 
 /// Which end of a two-host run this process is.
@@ -138,5 +140,6 @@ pub fn run(cmd: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
         BenchCommand::Channel(a) => channel(a, settings),
         BenchCommand::Vmm(a) => crate::bench_vmm::run(a, settings),
         BenchCommand::E2e(a) => crate::bench_e2e::run(a, settings),
+        BenchCommand::Transfer(a) => crate::bench_transfer::run(a, settings),
     }
 }

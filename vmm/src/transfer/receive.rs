@@ -25,9 +25,7 @@ use std::io::Read;
 use super::record::{Begin, End, ReadRecordError, Record, RecordKind, RecordReader};
 use crate::layout::PAGE_SIZE;
 use crate::payload::CheckpointRecord;
-use crate::persist::{
-    Identity, RestoreStateError, STATE_VERSION, Section, StateTree, VmState, clear_page,
-};
+use crate::persist::{Identity, RestoreStateError, STATE_VERSION, Section, StateTree, VmState};
 use crate::vm::Vm;
 
 const EMPTY: CheckpointRecord = CheckpointRecord {
@@ -245,8 +243,12 @@ impl Receiver<'_> {
                     }
                 }
                 for (first, count) in runs {
+                    // In range: checked above.
+                    let _ = self
+                        .vm
+                        .memory()
+                        .discard_pages(first as usize, count as usize);
                     for p in first as usize..(first + count) as usize {
-                        clear_page(self.vm.memory(), p);
                         self.cover(p);
                     }
                     self.report.zero_pages += u64::from(count);

@@ -72,6 +72,11 @@ pub struct SendReport {
     /// Time spent inside the boundary (final pages copied, state saved,
     /// digest): the part of the pause the transfer adds.
     pub stop_copy: Duration,
+    /// The pause before the boundary: the join exit's own handling (device,
+    /// checkpoint) after the guest left it.
+    pub to_boundary: Duration,
+    /// The pause after the boundary: the guest's run to its next exit.
+    pub resume: Option<Duration>,
     /// Bytes written.
     pub bytes: u64,
     /// Records written (End included).
@@ -305,6 +310,8 @@ struct Captured {
     next_seq: u64,
     /// Where the pause began: the join exit, or the request if later.
     paused_at: Instant,
+    /// When the boundary request started and ended.
+    boundary: (Instant, Instant),
     next_exit: mpsc::Receiver<Instant>,
     stop_copy: Duration,
 }
@@ -340,7 +347,9 @@ fn capture(
     let digest = b.state_digest()?;
     drop(sub);
     on_join(b);
+    let t1 = Instant::now();
     Ok(Captured {
+        boundary: (t0, t1),
         ordinal: b.ordinal(),
         next_seq: b.next_seq(),
         next_exit: b.next_exit_at(),
@@ -348,7 +357,7 @@ fn capture(
         pages,
         digest,
         paused_at,
-        stop_copy: t0.elapsed(),
+        stop_copy: t1 - t0,
     })
 }
 
@@ -360,8 +369,8 @@ fn capture(
 ///    round would send at most `stop_pages` or `max_rounds` is reached.
 /// 3. Pause at the next exit boundary ([`capture`]): the last dirty pages,
 ///    every component, the join digest; `on_join` runs there too.
-/// 4. The guest resumes; the captured pages, the state records and `End`
-///    are written.
+/// 4. The guest resumes; once it reached its next exit (or after 20 ms),
+///    the captured pages, the state records and `End` are written.
 ///
 /// Returns the report and the sink. On error the VM keeps running.
 pub fn send_live<W: Write>(
@@ -431,7 +440,12 @@ fn precopy<W: Write>(
         .wait(cfg.pause_wait)
         .map_err(SendStateError::Pause)?
         .map_err(SendStateError::Save)?;
-    // Step 4.
+    // Step 4. Let the guest reach its next exit before competing with it for
+    // a core (the records are in memory; their order does not depend on it).
+    let mut next_exit = captured
+        .next_exit
+        .recv_timeout(Duration::from_millis(20))
+        .ok();
     let t = Instant::now();
     let mut b = Batch::new(&mut w, round, cfg.pages_per_record);
     for (i, data) in &captured.pages {
@@ -446,16 +460,20 @@ fn precopy<W: Write>(
     })?;
     last.elapsed = t.elapsed();
     rounds.push(last);
-    let pause = captured
-        .next_exit
-        .recv_timeout(Duration::from_secs(1))
-        .ok()
-        .map(|next| next.saturating_duration_since(captured.paused_at));
+    if next_exit.is_none() {
+        next_exit = captured.next_exit.recv_timeout(Duration::from_secs(1)).ok();
+    }
+    let pause = next_exit.map(|next| next.saturating_duration_since(captured.paused_at));
     let report = SendReport {
         rounds,
         total: start.elapsed(),
         pause,
         stop_copy: captured.stop_copy,
+        to_boundary: captured
+            .boundary
+            .0
+            .saturating_duration_since(captured.paused_at),
+        resume: next_exit.map(|n| n.saturating_duration_since(captured.boundary.1)),
         bytes: w.bytes(),
         records: w.records(),
         ordinal: captured.ordinal,

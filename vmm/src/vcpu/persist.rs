@@ -63,6 +63,13 @@ fn saved_msrs() -> &'static [u32] {
     })
 }
 
+/// Reads once what save and restore need from the host (the MSR list, the
+/// XSAVE size), so that the first save does not pay for it in a pause.
+pub(crate) fn probe_host() {
+    saved_msrs();
+    xsave2_size();
+}
+
 /// The saved vCPU.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VcpuState {

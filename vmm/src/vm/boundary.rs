@@ -93,6 +93,7 @@ pub(crate) struct PersistParts {
 
 impl PersistParts {
     pub(crate) fn new(identity: Identity, tracker: DirtyTracker) -> Result<PersistParts, VmError> {
+        crate::vcpu::probe_host();
         // SAFETY: eventfd has no memory preconditions; the result is checked.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
