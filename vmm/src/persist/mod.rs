@@ -379,29 +379,20 @@ impl<'a> Persist<'a> for &'a GuestMemory {
                 ),
             ));
         }
+        let err = |e| PersistError::restore("memory", "index", e);
         let mut next = 0usize;
         for (i, page) in &state.pages {
             let i = *i as usize;
             // Pages between the listed ones are zero.
-            for z in next..i.max(next) {
-                clear_page(mem, z);
+            if i > next {
+                mem.discard_pages(next, i - next).map_err(err)?;
             }
-            mem.write((i * PAGE_SIZE) as u64, page)
-                .map_err(|e| PersistError::restore("memory", "index", e))?;
-            next = i + 1;
+            mem.write((i * PAGE_SIZE) as u64, page).map_err(err)?;
+            next = next.max(i + 1);
         }
-        for z in next..mem.pages() {
-            clear_page(mem, z);
+        if mem.pages() > next {
+            mem.discard_pages(next, mem.pages() - next).map_err(err)?;
         }
         Ok(mem)
-    }
-}
-
-/// Zeroes page `i` unless it already is (a never-touched page stays
-/// unmapped, so a large idle guest costs no host memory).
-pub(crate) fn clear_page(mem: &GuestMemory, i: usize) {
-    if !is_zero_page(mem.page(i)) {
-        // In range: `i < mem.pages()` at every call site.
-        let _ = mem.write((i * PAGE_SIZE) as u64, &[0u8; PAGE_SIZE]);
     }
 }
