@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use common::state::*;
 use common::*;
-use ftvm_vmm::persist::VmSnapshot;
+use ftvm_vmm::persist::{RestoreStateError, Section, VmSnapshot};
 use ftvm_vmm::transfer::{receive, write_snapshot};
-use ftvm_vmm::{LogFileReader, RunMode, StopReason, Vm};
+use ftvm_vmm::{AtExitError, LogFileReader, RunMode, StopReason, Vm, error_chain};
 
 #[test]
 fn ticker_snapshot_restores_and_replays_to_the_same_digest() {
@@ -117,4 +117,90 @@ fn kv_snapshot_under_load_restores_and_replays_to_the_same_digest() {
         );
         assert_eq!(replayed.checkpoints, original.checkpoints);
     }
+}
+
+#[test]
+fn restore_names_the_component_and_the_field() {
+    if !kvm_or_skip("restore_names_the_component_and_the_field") {
+        return;
+    }
+    let rec = KvRecording::start(64);
+    let snap = rec
+        .control
+        .call_at_next_exit(|b| b.snapshot())
+        .wait(Duration::from_secs(10))
+        .unwrap()
+        .unwrap();
+    rec.stop();
+    let (mut vm, _tx) = replayer("kv");
+    let refused = |vm: &mut Vm, s: &VmSnapshot| error_chain(&vm.restore_snapshot(s).unwrap_err());
+
+    let mut bad = snap.clone();
+    bad.state.tree.sections.remove("timer");
+    assert_eq!(
+        refused(&mut vm, &bad),
+        "restore timer: missing from the state"
+    );
+
+    let mut bad = snap.clone();
+    bad.state.tree.insert(Section::new("disk", 1));
+    assert_eq!(
+        refused(&mut vm, &bad),
+        "restore disk: the state has it, this VM has no such component"
+    );
+
+    let mut bad = snap.clone();
+    let mut t = Section::new("timer", 1);
+    t.put_u32("period_us", 5);
+    bad.state.tree.insert(t);
+    assert_eq!(
+        refused(&mut vm, &bad),
+        "restore timer: field period_us: 4 bytes, expected 8"
+    );
+
+    let mut bad = snap.clone();
+    bad.state.tree.sections.get_mut("clock").unwrap().version = 2;
+    assert_eq!(
+        refused(&mut vm, &bad),
+        "restore clock: section version 2, this build reads 1"
+    );
+
+    let mut bad = snap.clone();
+    bad.state.identity.guest = "echo".into();
+    assert!(matches!(
+        vm.restore_snapshot(&bad).unwrap_err(),
+        RestoreStateError::Guest { .. }
+    ));
+
+    let mut bad = snap.clone();
+    bad.memory.pages[0].1[0] ^= 1;
+    assert!(
+        refused(&mut vm, &bad).starts_with("restore journal: field mem_digest: state has "),
+        "{}",
+        refused(&mut vm, &bad)
+    );
+
+    // The same VM then takes the good snapshot.
+    assert_eq!(vm.restore_snapshot(&snap).unwrap(), snap.digest);
+}
+
+#[test]
+fn a_request_to_a_vm_that_is_dropped_reports_it() {
+    if !kvm_or_skip("a_request_to_a_vm_that_is_dropped_reports_it") {
+        return;
+    }
+    let (c, _) = config("hello", 0);
+    let vm = Vm::new(c, RunMode::Live).unwrap();
+    let pending = vm.control().call_at_next_exit(|b| b.ordinal());
+    assert_eq!(
+        pending.wait(Duration::from_millis(10)).unwrap_err(),
+        AtExitError::Timeout {
+            waited: Duration::from_millis(10)
+        }
+    );
+    drop(vm);
+    assert_eq!(
+        pending.wait(Duration::from_secs(1)).unwrap_err(),
+        AtExitError::VmGone
+    );
 }

@@ -109,6 +109,50 @@ fn live_precopy_under_kv_load_joins_and_replays_to_the_same_digest() {
     live_transfer_under_load(64);
 }
 
+/// The re-protection flow of issue 9 in one process: an unprotected (live)
+/// kv primary under load transfers its state to a spare and starts logging
+/// to it at exactly the join exit (`on_join`); the spare replays that log
+/// while the primary runs, and both end in the same state.
+#[test]
+fn an_unprotected_primary_starts_logging_at_the_join_and_the_spare_follows() {
+    if !kvm_or_skip("an_unprotected_primary_starts_logging_at_the_join_and_the_spare_follows") {
+        return;
+    }
+    let primary = KvRecording::start_live(64);
+    let load = load(primary.addr, 20_000, 13);
+    wait_for_exit(&primary.control, 800);
+    let (mut spare, tx) = replayer("kv");
+    let (w, r) = pipe(64);
+    let control = primary.control.clone();
+    let sender = std::thread::spawn(move || {
+        send_live(&control, w, &PrecopyConfig::default(), move |b| {
+            b.record_into(Box::new(ChannelSink(tx)))
+                .expect("start logging at the join");
+        })
+        .map(|(report, _)| report)
+    });
+    let got = receive(&mut spare, r).expect("receive");
+    let sent = sender.join().unwrap().expect("send");
+    assert_eq!(got.digest, sent.digest);
+    assert_eq!(
+        (got.next_seq, sent.next_seq),
+        (1, 1),
+        "the new log starts at seq 1"
+    );
+    // The spare is a backup now: it replays one step behind the primary.
+    let backup = std::thread::spawn(move || spare.run());
+    load.join().unwrap();
+    let original = primary.stop();
+    let replayed = backup.join().unwrap().expect("backup replay");
+    println!(
+        "join at exit {}, pause {:?}; primary {} exits, backup {} exits",
+        sent.ordinal, sent.pause, original.exits, replayed.exits
+    );
+    assert_eq!(replayed.reason, StopReason::PrimaryStopped);
+    assert_eq!(replayed.exits, original.exits);
+    assert_eq!(replayed.state, original.state);
+}
+
 /// A snapshot stream of an idle kv VM and a fresh receiving VM.
 fn idle_kv_stream() -> (VmSnapshot, Vec<u8>) {
     let rec = KvRecording::start(64);

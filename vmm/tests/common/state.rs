@@ -79,6 +79,24 @@ impl LogSink for SharedLog {
     }
 }
 
+/// A log sink that hands each entry to a replaying VM (an in-process
+/// logging channel).
+pub struct ChannelSink(pub mpsc::Sender<LogEntry>);
+
+impl LogSink for ChannelSink {
+    fn append(&mut self, h: &Header, p: &[u8]) -> Result<(), LogSinkError> {
+        self.0
+            .send(LogEntry {
+                header: *h,
+                payload: p.to_vec(),
+            })
+            .map_err(|_| LogSinkError::Closed("the backup is gone".into()))
+    }
+    fn flush(&mut self) -> Result<(), LogSinkError> {
+        Ok(())
+    }
+}
+
 /// A replay source fed through a channel (the log arrives after the VM
 /// was built and its state received). Closing the sender ends the log.
 pub struct ChannelSource(pub mpsc::Receiver<LogEntry>);
@@ -120,7 +138,14 @@ impl KvRecording {
     pub fn start(mem_mib: u32) -> KvRecording {
         let (mut c, console) = super::config("kv", 0);
         c.mem_mib = mem_mib;
-        start_with(c, console)
+        start_with(c, console, true)
+    }
+
+    /// Boots kv live (no log: an unprotected primary).
+    pub fn start_live(mem_mib: u32) -> KvRecording {
+        let (mut c, console) = super::config("kv", 0);
+        c.mem_mib = mem_mib;
+        start_with(c, console, false)
     }
 
     /// Stops at the next exit and returns the outcome.
@@ -132,13 +157,18 @@ impl KvRecording {
     }
 }
 
-fn start_with(mut c: VmConfig, console: Arc<Mutex<Vec<u8>>>) -> KvRecording {
+fn start_with(mut c: VmConfig, console: Arc<Mutex<Vec<u8>>>, record: bool) -> KvRecording {
     let nic = Nic::new("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = nic.local_addr().unwrap();
     c.devices.push(Box::new(nic));
     let stop = c.stop.clone();
     let log = SharedLog::default();
-    let vm = Vm::new(c, RunMode::Record(Box::new(log.clone()))).unwrap();
+    let mode = if record {
+        RunMode::Record(Box::new(log.clone()))
+    } else {
+        RunMode::Live
+    };
+    let vm = Vm::new(c, mode).unwrap();
     let control = vm.control();
     let thread = std::thread::spawn(move || {
         let mut vm = vm;
