@@ -618,7 +618,7 @@ pub fn run_transfer(opts: &TransferOptions, settings: &Settings) -> Result<Trans
     if chosen.is_empty() {
         bail!(
             "--filter {:?} matches no scenario (have: {})",
-            opts.filter,
+            opts.filter.as_deref().unwrap_or(""),
             TRANSFER_SCENARIOS
                 .iter()
                 .map(|s| s.name)

@@ -73,6 +73,7 @@ struct Inner {
 /// The tracker (see the module doc). Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct DirtyTracker {
+    /// Field order: the VM fd (whose slot maps `mem`) is dropped first.
     vm: Arc<VmFd>,
     mem: MemoryReader,
     words: usize,

@@ -27,6 +27,12 @@
 //!    final checkpoint; replay stops at it and verifies it. [`RunOutcome`]
 //!    carries the state digest and counters.
 //!
+//! State transfer ([`persist`], [`transfer`], `docs/transfer.md`): every
+//! component saves and restores through one [`persist::Persist`] trait;
+//! [`Vm::control`] acts on a running VM at its next exit boundary from
+//! another thread; [`transfer::send_live`] pre-copies a running VM into a
+//! new one, which [`transfer::receive()`] checks and restores.
+//!
 //! Entries leave through a [`LogSink`] ([`LogFileWriter`] now, the channel
 //! later) and come back through a [`LogSource`] ([`LogFileReader`]).
 

@@ -179,9 +179,11 @@ impl Machine {
             memory_size: mem.size(),
             userspace_addr: mem.host_addr(),
         };
-        // SAFETY: `region` describes the mapping owned by `mem`, which the
-        // caller (`Vm`) keeps alive for as long as this VM fd exists (`Vm`
-        // drops the machine before the memory: field order).
+        // SAFETY: `region` describes the mapping owned by `mem`, which is
+        // kept alive for as long as this VM fd exists: `Vm` drops the machine
+        // before the memory (field order), and the only other owner of the
+        // fd, the dirty tracker (`dirty.rs`), holds the mapping too and drops
+        // its fd first.
         unsafe { vm.set_user_memory_region(region) }.map_err(kvm("set memory region"))?;
         let fd = vm.create_vcpu(0).map_err(kvm("create vCPU"))?;
         let mut cpuid = kvm_fd

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::state::*;
 use common::*;
-use ftvm_vmm::persist::{RestoreStateError, Section, VmSnapshot};
+use ftvm_vmm::persist::{Component, RestoreStateError, Section, VmSnapshot};
 use ftvm_vmm::transfer::{receive, write_snapshot};
 use ftvm_vmm::{AtExitError, LogFileReader, RunMode, StopReason, Vm, error_chain};
 
@@ -88,6 +88,10 @@ fn kv_snapshot_under_load_restores_and_replays_to_the_same_digest() {
         original.exits > snap.state.ordinal + 1_000,
         "load after the snapshot"
     );
+    let vcpu = ftvm_vmm::vcpu::VcpuState::from_section(snap.state.tree.get("vcpu").unwrap())
+        .expect("vcpu section decodes");
+    println!("saved MSRs: {:x?}", vcpu.msrs);
+    assert!(vcpu.msrs.iter().any(|(i, _)| *i == 0x10), "TSC saved");
     for id in ["vcpu", "timer", "journal", "clock", "net"] {
         assert!(snap.state.tree.get(id).is_some(), "{id} saved");
     }

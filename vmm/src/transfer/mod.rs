@@ -2,7 +2,7 @@
 //! by live pre-copy, over any byte stream (`docs/transfer.md`; format:
 //! `docs/protocol.md`, "State transfer").
 //!
-//! Contract: when [`receive`] returns `Ok`, the receiving VM holds exactly
+//! Contract: when [`receive()`] returns `Ok`, the receiving VM holds exactly
 //! the sender's state at the join point (an exit boundary): same memory,
 //! same vCPU, same devices, same state digest (both sides compute it; the
 //! receiver refuses a mismatch). Run it, or replay the sender's log from
@@ -35,7 +35,7 @@
 //!
 //! The engine is transport-agnostic: records go to a `std::io::Write` and
 //! come from a `std::io::Read` (a TCP stream, a channel adapter, the
-//! in-process [`pipe`]).
+//! in-process [`pipe()`]).
 
 pub mod pipe;
 pub mod receive;

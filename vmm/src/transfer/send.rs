@@ -273,7 +273,7 @@ fn write_state<W: Write>(
 }
 
 /// Writes a paused VM's [`VmSnapshot`] as a transfer stream (one round):
-/// [`super::receive`] restores it like a live transfer.
+/// [`super::receive()`] restores it like a live transfer.
 pub fn write_snapshot<W: Write>(snap: &VmSnapshot, out: W) -> Result<W, SendStateError> {
     let mut w = RecordWriter::new(out);
     write(&mut w, &begin(&snap.state.identity, 0))?;
@@ -367,7 +367,7 @@ fn capture(
 ///    (round 0; zero pages as runs).
 /// 2. Round after round, re-send the pages the dirty log reports, until a
 ///    round would send at most `stop_pages` or `max_rounds` is reached.
-/// 3. Pause at the next exit boundary ([`capture`]): the last dirty pages,
+/// 3. Pause at the next exit boundary (`capture`): the last dirty pages,
 ///    every component, the join digest; `on_join` runs there too.
 /// 4. The guest resumes; once it reached its next exit (or after 20 ms),
 ///    the captured pages, the state records and `End` are written.

@@ -84,7 +84,7 @@ pub struct VcpuState {
     pub xsave: Vec<u8>,
     /// Extended control registers (XCR0).
     pub xcrs: kvm_xcrs,
-    /// `(index, value)` of the MSRs in [`MSRS`] the host lists.
+    /// `(index, value)` of the MSRs of `MSRS` (module source) the host lists.
     pub msrs: Vec<(u32, u64)>,
     /// Pending exception, injected interrupt, NMI, interrupt shadow.
     pub events: kvm_vcpu_events,
