@@ -1,4 +1,5 @@
-//! ftvm-bench: the system benchmark harness of the logging channel.
+//! ftvm-bench: the system benchmark harness of the logging channel, and the
+//! state-transfer benchmark ([`transfer`], `ftvm bench transfer`).
 //!
 //! Contract: every figure is measured on real transports (sockets, io_uring
 //! rings, shared memory) and printed beside a floor measured in the same run
@@ -33,6 +34,7 @@ mod plot;
 mod report;
 mod runner;
 mod scenarios;
+pub mod transfer;
 
 pub use cpu::process_cpu_seconds;
 pub use hist::Latency;

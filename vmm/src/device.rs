@@ -252,8 +252,9 @@ impl<'a> ExitCtx<'a> {
     }
 }
 
-/// A device model on port I/O.
-pub trait Device: Send {
+/// A device model on port I/O. (`Any`: state transfer finds the devices
+/// with state by their type, `vm/snapshot.rs`.)
+pub trait Device: Send + std::any::Any {
     /// Short name for messages.
     fn name(&self) -> &'static str;
 

@@ -232,14 +232,20 @@ impl Journal {
         sink: Option<Box<dyn LogSink>>,
         gate: Option<Box<dyn OutputGate>>,
     ) {
-        self.backend = match sink {
-            None => Backend::Live,
-            Some(sink) => Backend::Record { sink, next_seq: 1 },
-        };
+        self.switch(sink);
         if let Some(gate) = gate {
             self.gate = gate;
         }
         self.went_live = true;
+    }
+
+    /// The same engine continuing in live mode (`sink = None`) or recording
+    /// into `sink` from seq 1 (the gate and the counters carry over).
+    pub(crate) fn switch(&mut self, sink: Option<Box<dyn LogSink>>) {
+        self.backend = match sink {
+            None => Backend::Live,
+            Some(sink) => Backend::Record { sink, next_seq: 1 },
+        };
     }
 
     /// True once after the journal left replay mode (the VM then restarts

@@ -27,6 +27,12 @@
 //!    final checkpoint; replay stops at it and verifies it. [`RunOutcome`]
 //!    carries the state digest and counters.
 //!
+//! State transfer ([`persist`], [`transfer`], `docs/transfer.md`): every
+//! component saves and restores through one [`persist::Persist`] trait;
+//! [`Vm::control`] acts on a running VM at its next exit boundary from
+//! another thread; [`transfer::send_live`] pre-copies a running VM into a
+//! new one, which [`transfer::receive()`] checks and restores.
+//!
 //! Entries leave through a [`LogSink`] ([`LogFileWriter`] here, the logging
 //! channel in `ftvm-ft`) and come back through a [`LogSource`]
 //! ([`LogFileReader`]). A replaying VM with a [`Failover`] plan goes live
@@ -36,6 +42,7 @@ pub mod boot;
 pub mod device;
 pub mod devices;
 pub mod digest;
+pub mod dirty;
 pub mod error;
 pub mod event;
 pub mod failover;
@@ -45,6 +52,8 @@ pub mod log;
 pub mod memory;
 pub mod output;
 pub mod payload;
+pub mod persist;
+pub mod transfer;
 pub mod vcpu;
 pub mod vm;
 
@@ -61,10 +70,13 @@ pub use log::{
     LogEntry, LogFileReader, LogFileWriter, LogSink, LogSinkError, LogSource, LogSourceError,
     MemoryLog, SourcePoll,
 };
-pub use memory::{GuestMemory, GuestMemoryError, IoDesc};
+pub use memory::{GuestMemory, GuestMemoryError, IoDesc, MemoryReader};
 pub use output::{ImmediateGate, KeptOutput, OutputGate, Release};
 pub use payload::{CheckpointRecord, describe_entry};
-pub use vm::{RunMode, RunOutcome, StopReason, Vm, VmConfig, VmError};
+pub use vm::{
+    AtExit, AtExitError, ExitBoundary, RunMode, RunOutcome, StopReason, Vm, VmConfig, VmControl,
+    VmError,
+};
 
 /// The flat image of the embedded guest `name`.
 pub fn guest_image(name: &str) -> Option<&'static [u8]> {

@@ -1,8 +1,15 @@
 //! Guest memory: one anonymous private mapping at guest-physical 0, with
 //! bounds-checked access for devices and a VMM-side dirty bitmap (KVM's dirty
 //! log only sees writes made by the vCPU; writes made here are tracked here).
+//!
+//! The mapping is shared: [`GuestMemory::reader`] hands out a [`MemoryReader`]
+//! that another thread uses to copy pages while the guest runs (state
+//! transfer pre-copy, `docs/transfer.md`); the mapping lives until the last
+//! of them is dropped.
 
-use std::cell::Cell;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::layout::PAGE_SIZE;
 
@@ -58,20 +65,41 @@ pub struct IoDesc {
     pub len: u32,
 }
 
-/// Guest memory. Used only from the vCPU thread (not `Sync`); the vCPU is
-/// stopped whenever the VMM touches it (the bounce-buffer rule).
+/// The mapping itself, shared by the [`GuestMemory`] and its readers.
 #[derive(Debug)]
-pub struct GuestMemory {
+struct Mapping {
     ptr: *mut u8,
     len: usize,
     /// Pages written by the VMM since the last `take_vmm_dirty`, one bit each.
-    dirty: Box<[Cell<u64>]>,
+    dirty: Box<[AtomicU64]>,
 }
 
-// SAFETY: the mapping is owned exclusively by this value (created in `new`,
-// unmapped in `drop`); moving it to another thread moves that ownership. It is
-// deliberately not `Sync` (the dirty bitmap uses `Cell`).
-unsafe impl Send for GuestMemory {}
+// SAFETY: the mapping is owned by this value (created in `GuestMemory::new`,
+// unmapped in `drop`) and the pointer is only dereferenced through the
+// bounds-checked methods below; the dirty bitmap is atomic. Writes happen only
+// through `GuestMemory`, which is not `Sync` (one writing thread: the vCPU
+// thread); concurrent readers copy with volatile loads (`MemoryReader`).
+unsafe impl Send for Mapping {}
+// SAFETY: see `Send`: shared access is reads (volatile) and atomic bitmap ops.
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly the mapping created in
+        // `GuestMemory::new`; this is the last owner (the `Arc` is gone), so
+        // no borrow of guest memory outlives it.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// Guest memory. Written only from the vCPU thread (not `Sync`); the vCPU
+/// is stopped whenever the VMM touches it (the bounce-buffer rule).
+#[derive(Debug)]
+pub struct GuestMemory {
+    map: Arc<Mapping>,
+    /// Not `Sync`: one thread writes (the one owning the VM).
+    _not_sync: PhantomData<std::cell::Cell<()>>,
+}
 
 impl GuestMemory {
     /// Maps `bytes` (a positive multiple of the page size) of zeroed
@@ -105,47 +133,51 @@ impl GuestMemory {
             });
         }
         let pages = bytes / PAGE_SIZE;
-        let dirty = (0..pages.div_ceil(64)).map(|_| Cell::new(0)).collect();
+        let dirty = (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
         Ok(GuestMemory {
-            ptr: ptr.cast(),
-            len: bytes,
-            dirty,
+            map: Arc::new(Mapping {
+                ptr: ptr.cast(),
+                len: bytes,
+                dirty,
+            }),
+            _not_sync: PhantomData,
         })
     }
 
     /// Size in bytes.
     pub fn size(&self) -> u64 {
-        self.len as u64
+        self.map.len as u64
     }
 
     /// Host address of guest-physical 0 (for `KVM_SET_USER_MEMORY_REGION`).
     pub fn host_addr(&self) -> u64 {
-        self.ptr as u64
+        self.map.ptr as u64
     }
 
     /// Number of pages.
     pub fn pages(&self) -> usize {
-        self.len / PAGE_SIZE
+        self.map.len / PAGE_SIZE
+    }
+
+    /// A handle that copies pages from another thread while the guest runs.
+    pub fn reader(&self) -> MemoryReader {
+        MemoryReader {
+            map: Arc::clone(&self.map),
+        }
     }
 
     fn check(&self, gpa: u64, len: usize) -> Result<usize, GuestMemoryError> {
-        let end = gpa.checked_add(len as u64);
-        match end {
-            Some(end) if end <= self.len as u64 => Ok(gpa as usize),
-            _ => Err(GuestMemoryError::OutOfRange {
-                gpa,
-                len: len as u64,
-                size: self.len as u64,
-            }),
-        }
+        self.map.check(gpa, len)
     }
 
     /// Copies guest bytes at `gpa` into `buf`.
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), GuestMemoryError> {
         let off = self.check(gpa, buf.len())?;
         // SAFETY: `check` proved `[off, off + buf.len())` lies inside the
-        // mapping of `self.len` bytes; `buf` is a distinct host allocation.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off), buf.as_mut_ptr(), buf.len()) };
+        // mapping of `len` bytes; `buf` is a distinct host allocation.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.map.ptr.add(off), buf.as_mut_ptr(), buf.len())
+        };
         Ok(())
     }
 
@@ -153,9 +185,11 @@ impl GuestMemory {
     pub fn write(&self, gpa: u64, data: &[u8]) -> Result<(), GuestMemoryError> {
         let off = self.check(gpa, data.len())?;
         // SAFETY: `check` proved the range lies inside the mapping; the vCPU
-        // is not running while the VMM handles an exit, so nothing else
-        // accesses these bytes now.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(off), data.len()) };
+        // is not running while the VMM handles an exit and `GuestMemory` is
+        // not `Sync`, so no other write touches these bytes now (a
+        // `MemoryReader` may copy them concurrently: it only reads, and the
+        // page is marked dirty below, so a torn copy is sent again).
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.ptr.add(off), data.len()) };
         self.mark_dirty(off, data.len());
         Ok(())
     }
@@ -220,15 +254,48 @@ impl GuestMemory {
         Ok(IoDesc { addr, len })
     }
 
+    /// Makes pages `first..first + count` all zero without touching them
+    /// (`MADV_DONTNEED`: an anonymous private mapping reads back zeros and
+    /// the host frees the memory; KVM drops its mappings through its MMU
+    /// notifier). Marks them dirty.
+    pub fn discard_pages(&self, first: usize, count: usize) -> Result<(), GuestMemoryError> {
+        let off = self.check((first * PAGE_SIZE) as u64, count * PAGE_SIZE)?;
+        if count == 0 {
+            return Ok(());
+        }
+        // SAFETY: `check` proved the range lies inside our mapping (page
+        // aligned: mmap, and `off` is a multiple of the page size). The vCPU
+        // is not running while the VMM handles guest memory and no borrow of
+        // these bytes is alive (`page` slices end before any write). The
+        // mapping is anonymous and private, so the pages read back as zero.
+        let r = unsafe {
+            libc::madvise(
+                self.map.ptr.add(off).cast(),
+                count * PAGE_SIZE,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if r != 0 {
+            // Not expected for a valid range; fall back to writing zeros.
+            for p in first..first + count {
+                self.write((p * PAGE_SIZE) as u64, &[0u8; PAGE_SIZE])?;
+            }
+            return Ok(());
+        }
+        self.mark_dirty(off, count * PAGE_SIZE);
+        Ok(())
+    }
+
     /// The bytes of page `index` (for digests).
     pub(crate) fn page(&self, index: usize) -> &[u8] {
         assert!(index < self.pages(), "page {index} out of range");
         // SAFETY: `index < pages` so the page lies inside the mapping; the
-        // vCPU is stopped while the VMM computes digests, so the bytes do not
-        // change while the slice is alive (the borrow of `self` ends before
-        // the next KVM_RUN, which needs `&mut` access to the VM elsewhere only
-        // after digest computation returns).
-        unsafe { std::slice::from_raw_parts(self.ptr.add(index * PAGE_SIZE), PAGE_SIZE) }
+        // vCPU is stopped while the VMM computes digests and only this
+        // (non-`Sync`) value writes, so the bytes do not change while the
+        // slice is alive (the borrow of `self` ends before the next KVM_RUN,
+        // which needs `&mut` access to the VM elsewhere only after digest
+        // computation returns). Readers on other threads only read.
+        unsafe { std::slice::from_raw_parts(self.map.ptr.add(index * PAGE_SIZE), PAGE_SIZE) }
     }
 
     fn mark_dirty(&self, off: usize, len: usize) {
@@ -238,22 +305,96 @@ impl GuestMemory {
         let first = off / PAGE_SIZE;
         let last = (off + len - 1) / PAGE_SIZE;
         for p in first..=last {
-            let w = &self.dirty[p / 64];
-            w.set(w.get() | 1u64 << (p % 64));
+            // Release: the bytes written above are visible to whoever takes
+            // this bit (Acquire swap in `take_vmm_dirty`) and copies the page.
+            self.map.dirty[p / 64].fetch_or(1u64 << (p % 64), Ordering::Release);
         }
     }
 
     /// Returns and clears the VMM-side dirty bitmap (one bit per page).
+    /// The VM takes it through the dirty tracker (`dirty.rs`).
+    #[cfg(test)]
     pub(crate) fn take_vmm_dirty(&self) -> Vec<u64> {
-        self.dirty.iter().map(|c| c.replace(0)).collect()
+        self.map.take_vmm_dirty()
     }
 }
 
-impl Drop for GuestMemory {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are exactly the mapping created in `new`, and
-        // no borrow of guest memory outlives `self`.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+impl Mapping {
+    fn check(&self, gpa: u64, len: usize) -> Result<usize, GuestMemoryError> {
+        let end = gpa.checked_add(len as u64);
+        match end {
+            Some(end) if end <= self.len as u64 => Ok(gpa as usize),
+            _ => Err(GuestMemoryError::OutOfRange {
+                gpa,
+                len: len as u64,
+                size: self.len as u64,
+            }),
+        }
+    }
+
+    fn take_vmm_dirty(&self) -> Vec<u64> {
+        // Acquire: pairs with the Release `fetch_or` in `mark_dirty`, so a
+        // page copied after this sees the bytes whose bit was taken.
+        self.dirty
+            .iter()
+            .map(|w| w.swap(0, Ordering::Acquire))
+            .collect()
+    }
+}
+
+/// Copies guest pages from any thread, concurrently with the running guest
+/// and with the vCPU thread's device writes (state-transfer pre-copy).
+///
+/// A copy may be torn: bytes can change while they are copied. That is the
+/// pre-copy contract: a page written during (or after) its copy is in the
+/// dirty log and is copied again in a later round or at the pause.
+#[derive(Clone, Debug)]
+pub struct MemoryReader {
+    map: Arc<Mapping>,
+}
+
+impl MemoryReader {
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.map.len as u64
+    }
+
+    /// Number of pages.
+    pub fn pages(&self) -> usize {
+        self.map.len / PAGE_SIZE
+    }
+
+    /// Copies page `index` into `out` (one page) with volatile 8-byte loads.
+    pub fn copy_page(&self, index: usize, out: &mut [u8]) -> Result<(), GuestMemoryError> {
+        let off = self
+            .map
+            .check((index * PAGE_SIZE) as u64, PAGE_SIZE)
+            .ok()
+            .filter(|_| out.len() == PAGE_SIZE)
+            .ok_or(GuestMemoryError::OutOfRange {
+                gpa: (index * PAGE_SIZE) as u64,
+                len: out.len() as u64,
+                size: self.map.len as u64,
+            })?;
+        // SAFETY: `check` proved the page lies inside the mapping, which is
+        // page aligned (mmap), so every `u64` read is aligned and in bounds.
+        // The guest (through KVM) or the vCPU thread may write these bytes
+        // meanwhile: the loads are volatile and no reference into guest
+        // memory is created (the vm-memory `VolatileSlice` rule), so a
+        // concurrent change only yields a torn copy, which the dirty log
+        // re-sends (type doc).
+        let src = unsafe { self.map.ptr.add(off) }.cast::<u64>();
+        for (i, chunk) in out.chunks_exact_mut(8).enumerate() {
+            // SAFETY: `i < PAGE_SIZE / 8`: inside the page (see above).
+            let w = unsafe { std::ptr::read_volatile(src.add(i)) };
+            chunk.copy_from_slice(&w.to_ne_bytes());
+        }
+        Ok(())
+    }
+
+    /// Returns and clears the VMM-side dirty bitmap (for the dirty tracker).
+    pub(crate) fn take_vmm_dirty(&self) -> Vec<u64> {
+        self.map.take_vmm_dirty()
     }
 }
 
@@ -276,6 +417,11 @@ mod tests {
             "guest range gpa 0xfffe len 4 is outside guest memory of 0x10000 bytes"
         );
         assert!(m.read_u64(u64::MAX - 3).is_err());
+        // Discarded pages read back as zero and are dirty.
+        m.discard_pages(1, 1).unwrap();
+        assert_eq!(m.read_u64(0x1ff8).unwrap(), 0);
+        assert_eq!(m.take_vmm_dirty()[0], 0b10);
+        assert!(m.discard_pages(15, 2).is_err());
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The KVM objects of a VM (thin layer over kvm-ioctls): VM fd with one
-//! dirty-logged memory slot, one vCPU, owned exit values, interrupt
-//! injection without an in-kernel irqchip, and register snapshots for crash
-//! reports. Policy lives in `vm.rs`.
+//! dirty-logged memory slot (its log is read through `dirty.rs` only), one
+//! vCPU, owned exit values, interrupt injection without an in-kernel
+//! irqchip, register snapshots for crash reports, and the vCPU's save and
+//! restore (`vcpu/persist.rs`). Policy lives in `vm.rs`.
 
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use kvm_bindings::{
     KVM_MAX_CPUID_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES, kvm_regs, kvm_sregs,
@@ -140,14 +142,17 @@ impl std::fmt::Display for RegsSnapshot {
 /// `_IOW(KVMIO, 0x86, struct kvm_interrupt)`: not wrapped by kvm-ioctls.
 const KVM_INTERRUPT: libc::c_ulong = 0x4004_ae86;
 
+mod persist;
+pub use persist::VcpuState;
+pub(crate) use persist::probe_host;
+
 /// The KVM VM and its single vCPU.
 #[derive(Debug)]
 pub struct Machine {
-    /// The VM fd (dirty log).
-    pub vm: VmFd,
+    /// The VM fd (dirty log; shared with the dirty tracker).
+    pub vm: Arc<VmFd>,
     /// The vCPU.
     pub vcpu: Vcpu,
-    mem_size: usize,
 }
 
 /// The vCPU.
@@ -174,9 +179,11 @@ impl Machine {
             memory_size: mem.size(),
             userspace_addr: mem.host_addr(),
         };
-        // SAFETY: `region` describes the mapping owned by `mem`, which the
-        // caller (`Vm`) keeps alive for as long as this VM fd exists (`Vm`
-        // drops the machine before the memory: field order).
+        // SAFETY: `region` describes the mapping owned by `mem`, which is
+        // kept alive for as long as this VM fd exists: `Vm` drops the machine
+        // before the memory (field order), and the only other owner of the
+        // fd, the dirty tracker (`dirty.rs`), holds the mapping too and drops
+        // its fd first.
         unsafe { vm.set_user_memory_region(region) }.map_err(kvm("set memory region"))?;
         let fd = vm.create_vcpu(0).map_err(kvm("create vCPU"))?;
         let mut cpuid = kvm_fd
@@ -192,17 +199,9 @@ impl Machine {
         fd.set_regs(&boot::initial_regs(cpl))
             .map_err(kvm("set regs"))?;
         Ok(Machine {
-            vm,
+            vm: Arc::new(vm),
             vcpu: Vcpu { fd },
-            mem_size: mem.size() as usize,
         })
-    }
-
-    /// Returns and clears KVM's dirty bitmap of slot 0.
-    pub fn take_dirty_log(&self) -> Result<Vec<u64>, KvmError> {
-        self.vm
-            .get_dirty_log(0, self.mem_size)
-            .map_err(kvm("get dirty log"))
     }
 }
 

@@ -42,6 +42,12 @@ use crate::output::{ImmediateGate, OutputGate};
 use crate::payload::{CheckpointRecord, interrupt_payload, interrupt_vector};
 use crate::vcpu::{Exit, Machine};
 
+mod boundary;
+mod snapshot;
+
+pub use boundary::{AtExit, AtExitError, ExitBoundary, VmControl};
+pub use snapshot::{JournalPosition, TimerState};
+
 /// Everything needed to build a VM.
 pub struct VmConfig {
     /// Guest name (for messages).
@@ -245,6 +251,8 @@ pub struct Vm {
     max_exits: Option<u64>,
     wait_spin: Duration,
     started: Instant,
+    /// State transfer: identity, exit-boundary requests, dirty tracker.
+    persist: boundary::PersistParts,
     mem: GuestMemory,
 }
 
@@ -331,9 +339,11 @@ impl Vm {
         }
         journal.set_stop(Arc::clone(&config.stop));
         // Baseline: hash all memory as loaded; clear both dirty bitmaps.
-        machine.take_dirty_log()?;
-        mem.take_vmm_dirty();
+        let tracker = crate::dirty::DirtyTracker::new(Arc::clone(&machine.vm), &mem);
+        tracker.take(crate::dirty::Consumer::DIGEST)?;
         let digest = MemDigest::new(&mem);
+        let identity = snapshot::identity_of(&config.guest, &config.image, mem.size());
+        let persist = boundary::PersistParts::new(identity, tracker)?;
         Ok(Vm {
             machine,
             devices,
@@ -352,6 +362,7 @@ impl Vm {
             max_exits: config.max_exits,
             wait_spin: Duration::from_micros(config.wait_spin_us),
             started: Instant::now(),
+            persist,
             mem,
         })
     }
@@ -382,9 +393,18 @@ impl Vm {
         loop {
             state = match state {
                 VcpuState::Running => self.running()?,
-                VcpuState::Exited(exit) => self.exited(exit)?,
+                VcpuState::Exited(exit) => {
+                    self.persist.on_exit();
+                    self.exited(exit)?
+                }
                 VcpuState::Waiting(timeout_us) => self.waiting(timeout_us)?,
-                VcpuState::ExitDone => self.exit_done()?,
+                VcpuState::ExitDone => {
+                    let next = self.exit_done()?;
+                    if matches!(next, VcpuState::Running) {
+                        self.at_exit_boundary();
+                    }
+                    next
+                }
                 VcpuState::Stopping(reason) => self.stopping(reason)?,
                 VcpuState::Stopped(outcome) => return Ok(outcome),
             };
@@ -578,6 +598,7 @@ impl Vm {
                 .iter()
                 .filter_map(|d| d.wait_fd())
                 .chain(self.journal.wait_fd())
+                .chain(std::iter::once(self.persist.wake_fd()))
                 .collect();
             if self.poll_devices()? {
                 break;
@@ -592,6 +613,7 @@ impl Vm {
             if self.timer.check(now)
                 || deadline.is_some_and(|d| now >= d)
                 || self.stop.load(Ordering::Acquire)
+                || self.persist.pending()
             {
                 break;
             }
@@ -720,11 +742,9 @@ impl Vm {
 
     /// Digest of guest state now.
     fn state_digest(&mut self, is_final: bool) -> Result<CheckpointRecord, VmError> {
-        let mut dirty = self.machine.take_dirty_log()?;
-        for (d, v) in dirty.iter_mut().zip(self.mem.take_vmm_dirty()) {
-            *d |= v;
-        }
-        self.digest.update(&self.mem, &dirty);
+        // One tracker in front of KVM's log and the VMM's bitmap (`dirty.rs`).
+        let dirty = self.persist.tracker.take(crate::dirty::Consumer::DIGEST)?;
+        self.digest.update(&self.mem, &dirty.bits);
         let regs = self.machine.vcpu.regs()?;
         let sregs = self.machine.vcpu.sregs()?;
         let mem_digest = self.digest.value();

@@ -18,6 +18,8 @@ pub enum BenchCommand {
     /// of ftvm processes under a self-checking load; lost / applied-twice /
     /// both-live counts and the gap, split into its parts.
     Failover(FailoverArgs),
+    /// State transfer: live pre-copy of the kv guest, idle and under load.
+    Transfer(crate::bench_transfer::BenchTransferArgs),
 }
 
 /// Which end of a two-host run this process is.
@@ -151,6 +153,7 @@ pub fn run(cmd: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
         BenchCommand::Vmm(a) => crate::bench_vmm::run(a, settings),
         BenchCommand::E2e(a) => crate::bench_e2e::run(a, settings),
         BenchCommand::Failover(a) => failover(a, settings),
+        BenchCommand::Transfer(a) => crate::bench_transfer::run(a, settings),
     }
 }
 

@@ -7,6 +7,7 @@ use mimalloc::MiMalloc;
 mod bench_cmd;
 mod bench_dns;
 mod bench_e2e;
+mod bench_transfer;
 mod bench_vmm;
 mod channel_cmd;
 mod client_cmd;

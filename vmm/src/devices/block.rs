@@ -429,6 +429,8 @@ impl Device for Block {
     }
 }
 
+pub mod persist;
+
 #[cfg(test)]
 mod tests {
     //! Device-level tests without KVM: the block device driven through real

@@ -70,3 +70,5 @@ impl Device for Clock {
         Ok(())
     }
 }
+
+pub mod persist;

@@ -518,6 +518,8 @@ impl Device for Nic {
     }
 }
 
+pub mod persist;
+
 #[cfg(test)]
 mod tests {
     use super::*;

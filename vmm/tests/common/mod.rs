@@ -25,3 +25,5 @@ pub fn run(c: VmConfig, mode: RunMode) -> Result<RunOutcome, VmError> {
 pub fn text(buf: &Arc<Mutex<Vec<u8>>>) -> String {
     String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
 }
+
+pub mod state;
