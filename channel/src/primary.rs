@@ -219,6 +219,12 @@ impl Primary {
         self.released = self.released.max(seq);
     }
 
+    /// When [`Primary::poll`] must run next at the latest: a tick falls due,
+    /// or the backup's silence reaches `peer_timeout`.
+    pub fn next_deadline(&self) -> Instant {
+        (self.link.last_tx + self.tick_interval).min(self.link.last_rx + self.peer_timeout)
+    }
+
     /// The VM name the backup's Hello named (empty when it adopted ours).
     pub fn peer_vm(&self) -> &str {
         &self.peer_vm

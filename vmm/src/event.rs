@@ -40,4 +40,11 @@ pub trait EventSource: Send {
     fn wait_fd(&self) -> Option<RawFd> {
         None
     }
+
+    /// When `poll` must run next even if nothing arrives (a tick falls due,
+    /// a peer's silence reaches its timeout); a WAIT sleeps no longer.
+    /// Default: none.
+    fn deadline(&self) -> Option<std::time::Instant> {
+        None
+    }
 }

@@ -288,6 +288,11 @@ impl Journal {
         }
     }
 
+    /// When the sink's event source must be polled next at the latest.
+    pub(crate) fn events_deadline(&mut self) -> Option<std::time::Instant> {
+        self.events().and_then(|e| e.deadline())
+    }
+
     /// The fd the sink's event source wakes a WAIT on.
     pub(crate) fn wait_fd(&mut self) -> Option<std::os::fd::RawFd> {
         self.events().and_then(|e| e.wait_fd())

@@ -621,6 +621,9 @@ impl Vm {
             if let Some(due) = self.timer.next_due {
                 until = until.min(due);
             }
+            if let Some(due) = self.journal.events_deadline() {
+                until = until.min(due);
+            }
             let left = until.saturating_duration_since(now);
             if left < Duration::from_micros(200) || now < start + self.wait_spin {
                 std::hint::spin_loop();

@@ -187,7 +187,8 @@ pub struct FailoverArgs {
     /// Seed of the fault moments.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Where trials keep their files (a failed trial's stays).
+    /// Where trials keep their files (kept when given: a failed trial's, or
+    /// one whose gap exceeded two retry intervals, stays for a look).
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
     /// Write the JSON report here.
@@ -222,6 +223,7 @@ pub fn failover(a: FailoverArgs, settings: &Settings) -> anyhow::Result<()> {
             None => trials.push((kind, n)),
         }
     }
+    let keep = a.work_dir.is_some();
     let work_dir = a.work_dir.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("ftvm-bench-failover-{}", std::process::id()))
     });
@@ -254,6 +256,8 @@ pub fn failover(a: FailoverArgs, settings: &Settings) -> anyhow::Result<()> {
             opts.work_dir.display()
         );
     }
-    let _ = std::fs::remove_dir_all(&opts.work_dir);
+    if !keep {
+        let _ = std::fs::remove_dir_all(&opts.work_dir);
+    }
     Ok(())
 }

@@ -152,14 +152,15 @@ pub fn run_primary(
     record_log: Option<&std::path::Path>,
     pair: &PairArgs,
     floating: Option<&FloatingIp>,
+    service: Option<SocketAddr>,
 ) -> anyhow::Result<RunOutcome> {
     let s = with_transport(settings, transport_name)?;
     let arbiter = pair.arbiter("primary")?;
     let vm = pair
         .vm
         .clone()
-        .unwrap_or_else(|| default_vm_name(&c.guest, c.service));
-    let service = c.service.map_or_else(|| "-".to_string(), |a| a.to_string());
+        .unwrap_or_else(|| default_vm_name(&c.guest, service));
+    let service = service.map_or_else(|| "-".to_string(), |a| a.to_string());
     let candidate = ftvm_ft::candidate("primary", &service);
     let generation = claim_generation(arbiter.as_ref(), &vm, &candidate)?;
     let stop = c.stop.clone();

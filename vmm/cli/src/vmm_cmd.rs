@@ -89,7 +89,6 @@ fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
 fn primary(a: PrimaryArgs, settings: &Settings) -> anyhow::Result<()> {
     let mut c = VmConfig::new(&a.guest, &settings.vmm)?;
     c.guest_arg = a.arg;
-    c.service = a.service;
     c.disk = a.disk;
     c.max_exits = a.max_exits;
     c.stop = stop_on_signals()?;
@@ -103,6 +102,13 @@ fn primary(a: PrimaryArgs, settings: &Settings) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    // Bind the service before anything else: a busy address fails here, and
+    // requests that arrive while the pair forms wait in the socket's buffer
+    // (a primary that says "protected" is also already reachable).
+    if let Some(addr) = a.service {
+        c.devices
+            .push(Box::new(ftvm_vmm::devices::net::Nic::new(addr)?));
+    }
     if let Some(backup) = &a.backup {
         let outcome = crate::ft_cmd::run_primary(
             c,
@@ -113,6 +119,7 @@ fn primary(a: PrimaryArgs, settings: &Settings) -> anyhow::Result<()> {
             a.record_log.as_deref(),
             &a.pair,
             floating.as_ref(),
+            a.service,
         )?;
         report(&outcome);
         return finish(outcome);

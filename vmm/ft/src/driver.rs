@@ -591,4 +591,11 @@ impl EventSource for PrimaryDriver {
             _ => None,
         }
     }
+
+    fn deadline(&self) -> Option<Instant> {
+        match &self.state {
+            State::Protected(p) => Some(p.next_deadline()),
+            _ => None,
+        }
+    }
 }

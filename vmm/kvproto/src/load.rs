@@ -256,9 +256,9 @@ pub struct LoadReport {
 }
 
 /// Stalls at least this long are kept in [`LoadReport::stalls`].
-pub const STALL_KEPT: Duration = Duration::from_millis(5);
+pub const STALL_KEPT: Duration = Duration::from_micros(500);
 /// At most this many stalls are kept per thread.
-pub const MAX_STALLS: usize = 4096;
+pub const MAX_STALLS: usize = 65_536;
 
 impl LoadReport {
     /// The longest stall (no reply while requests were outstanding) that
@@ -274,7 +274,7 @@ impl LoadReport {
 }
 
 /// Replies that came from one server address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceReplies {
     /// The address the replies came from.
     pub addr: SocketAddr,
@@ -284,6 +284,15 @@ pub struct SourceReplies {
     pub first_unix_us: u64,
     /// Last arrival, Unix µs.
     pub last_unix_us: u64,
+    /// Every arrival, Unix µs, in order.
+    pub times: Vec<u64>,
+}
+
+impl SourceReplies {
+    /// Replies that arrived after `t` (Unix µs).
+    pub fn after(&self, t: u64) -> u64 {
+        self.times.iter().filter(|&&x| x > t).count() as u64
+    }
 }
 
 fn unix_us() -> u64 {
@@ -298,12 +307,14 @@ fn note_source(v: &mut Vec<SourceReplies>, addr: SocketAddr, at: u64) {
             s.replies += 1;
             s.first_unix_us = s.first_unix_us.min(at);
             s.last_unix_us = s.last_unix_us.max(at);
+            s.times.push(at);
         }
         None => v.push(SourceReplies {
             addr,
             replies: 1,
             first_unix_us: at,
             last_unix_us: at,
+            times: vec![at],
         }),
     }
 }
@@ -354,6 +365,7 @@ impl LoadReport {
                     m.replies += s.replies;
                     m.first_unix_us = m.first_unix_us.min(s.first_unix_us);
                     m.last_unix_us = m.last_unix_us.max(s.last_unix_us);
+                    m.times.extend(s.times);
                 }
                 None => self.by_source.push(s),
             }
