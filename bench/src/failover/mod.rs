@@ -135,8 +135,9 @@ pub struct TrialResult {
     pub gap_ms: f64,
     /// When the gap ended, ms after the fault.
     pub gap_end_ms: f64,
-    /// SIGKILL → the killed process reaped by the kernel, ms (kill trials):
-    /// its connection closes (EOF at the survivor) only then.
+    /// Kill trials: SIGKILL → the killed process reaped by the kernel, ms
+    /// (its connection closes, EOF at the survivor, only then). stop-primary:
+    /// SIGCONT → the old primary exited as the loser, ms.
     pub reaped_ms: Option<f64>,
     /// Fault → detection, ms (the winner's view).
     pub detect_ms: Option<f64>,
@@ -462,9 +463,11 @@ fn inject(
             primary.signal(Signal::SIGSTOP)?;
             let v = backup.wait_status(settle, "live", live)?;
             primary.signal(Signal::SIGCONT)?;
+            let woke = Instant::now();
             let status = primary
                 .wait_exit(Duration::from_secs(5))
                 .context("the old primary did not stop within 5 s of SIGCONT")?;
+            *reaped = Some(woke.elapsed());
             let err = primary.stderr();
             if status.success() || !err.contains("lost generation") {
                 bail!("the old primary did not stop as the loser ({status}): {err}");
