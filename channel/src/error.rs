@@ -10,7 +10,7 @@ use crate::transport::TransportError;
 pub enum ChannelError {
     /// The transport failed or the peer closed it.
     #[error(
-        "{what} (last seq sent {last_sent}, acked {last_acked}, received {last_received}): {source}"
+        "{what} (last seq sent {last_sent}, acked {last_acked}, received {last_received})"
     )]
     Transport {
         /// What the channel was doing.
@@ -25,7 +25,7 @@ pub enum ChannelError {
         source: TransportError,
     },
     /// A frame failed validation; nothing from it on was delivered.
-    #[error("corrupt frame at stream offset {offset}, expected seq {expected_seq}: {source}")]
+    #[error("corrupt frame at stream offset {offset}, expected seq {expected_seq}")]
     Corrupt {
         /// Byte offset of the frame in the connection's stream.
         offset: u64,
@@ -49,7 +49,7 @@ pub enum ChannelError {
         kind: Kind,
     },
     /// A control payload that does not parse.
-    #[error("bad control frame at stream offset {offset}: {source}")]
+    #[error("bad control frame at stream offset {offset}")]
     Control {
         /// Byte offset of the frame.
         offset: u64,
@@ -107,7 +107,7 @@ pub enum ChannelError {
     #[error("writing the capture file: {0}")]
     Capture(std::io::Error),
     /// The log ring could not be created.
-    #[error("log ring: {0}")]
+    #[error("log ring")]
     Ring(#[from] ftvm_ring::RingError),
 }
 
@@ -122,4 +122,12 @@ impl ChannelError {
             }
         )
     }
+}
+
+/// An error and its `source()` chain as one line (`outer: inner: ...`).
+/// Errors here keep their cause in `source()` and never repeat it in their
+/// own message, so each cause is said once.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let causes = std::iter::successors(Some(err), |e| e.source());
+    causes.map(|e| e.to_string()).collect::<Vec<_>>().join(": ")
 }

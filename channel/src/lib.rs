@@ -41,7 +41,7 @@ pub mod transport;
 
 pub use appender::{AppendError, Appender, EntryClaim};
 pub use backup::{Backup, BackupStats};
-pub use error::ChannelError;
+pub use error::{ChannelError, error_chain};
 pub use gate::{AckGate, HoldError};
 pub use link::{HelloParams, LinkStats};
 pub use primary::{Primary, PrimaryStats, RECEIVE_EVERY, lease_margin};

@@ -106,10 +106,10 @@ pub enum TransferError {
         status: WcStatus,
     },
     /// The port refused a post.
-    #[error("posting to the queue pair: {0}")]
+    #[error("posting to the queue pair")]
     Post(#[from] PostError),
     /// Polling the completion queue failed.
-    #[error("polling the completion queue: {0}")]
+    #[error("polling the completion queue")]
     Poll(#[from] crate::port::PollError),
     /// An immediate outside the window the receiver can accept.
     #[error(

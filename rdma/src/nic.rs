@@ -132,7 +132,7 @@ pub enum SetupError {
         errno: i32,
     },
     /// The peer's connection parameters were refused.
-    #[error("connection parameters from {peer}: {source}")]
+    #[error("connection parameters from {peer}")]
     Params {
         /// The peer.
         peer: String,
@@ -140,7 +140,7 @@ pub enum SetupError {
         source: ParamsError,
     },
     /// The ring protocol could not start on the connected port.
-    #[error("starting the ring protocol with {peer}: {source}")]
+    #[error("starting the ring protocol with {peer}")]
     Start {
         /// The peer.
         peer: String,
@@ -151,7 +151,7 @@ pub enum SetupError {
     #[error(transparent)]
     Sim(#[from] SimConnectError),
     /// The TCP hello failed.
-    #[error("{op}: {source}")]
+    #[error("{op}")]
     Io {
         /// What was being done, with the address.
         op: String,

@@ -47,7 +47,7 @@ pub enum SessionError {
     #[error("peer lost: {0}")]
     PeerLost(String),
     /// The peer broke the protocol (a value outside its window).
-    #[error("protocol violation by {peer}: {source}")]
+    #[error("protocol violation by {peer}")]
     Protocol {
         /// The peer.
         peer: String,
@@ -55,7 +55,7 @@ pub enum SessionError {
         source: TransferError,
     },
     /// The local NIC failed a post or a poll.
-    #[error("RDMA connection to {peer}: {source}")]
+    #[error("RDMA connection to {peer}")]
     Local {
         /// The peer.
         peer: String,

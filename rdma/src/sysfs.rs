@@ -81,7 +81,7 @@ pub enum ProbeError {
         valid: String,
     },
     /// A sysfs file that cannot be read.
-    #[error("reading {}: {source}", path.display())]
+    #[error("reading {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,

@@ -98,3 +98,60 @@ mod tests {
         assert_eq!(e, "no-such-command-xyz not installed (not on PATH)");
     }
 }
+
+/// Checks that no line of a program's output says one cause twice: an error
+/// printed as `outer: inner: ...` must not repeat a segment (`invalid socket
+/// address: invalid socket address`), which happens when an error's `Display`
+/// embeds its `source()` and a printer walks the chain as well. `Err` names
+/// the line and the repeated segment.
+pub fn causes_said_once(output: &str) -> Result<(), String> {
+    for line in output.lines() {
+        let segments: Vec<&str> = line
+            .split(": ")
+            .map(str::trim)
+            .filter(|s| s.len() >= 4)
+            .collect();
+        for (i, s) in segments.iter().enumerate() {
+            if segments[i + 1..].contains(s) {
+                return Err(format!("cause {s:?} said twice in {line:?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Panics (naming `what`) if [`causes_said_once`] fails for `output`; returns
+/// `output` for chaining. CLI tests pass every stderr they read through it.
+pub fn assert_causes_said_once<'a>(what: &str, output: &'a str) -> &'a str {
+    if let Err(e) = causes_said_once(output) {
+        panic!("{what}: {e}\n--- output ---\n{output}");
+    }
+    output
+}
+
+#[cfg(test)]
+mod said_once_tests {
+    use super::causes_said_once;
+
+    #[test]
+    fn a_repeated_cause_is_found_and_a_chain_is_not() {
+        let bad = "ftvm: error: invalid socket address: invalid socket address";
+        let e = causes_said_once(bad).unwrap_err();
+        assert!(e.contains("\"invalid socket address\" said twice"), "{e}");
+        let bad = "ftvm: error: connecting to 127.0.0.1:1: Connection refused (os error 111): \
+                   Connection refused (os error 111)";
+        assert!(causes_said_once(bad).is_err());
+        let ok = "ftvm: error: connecting the channel to 127.0.0.1:7100: \
+                  Connection refused (os error 111)\nSKIP x: etcd not installed";
+        causes_said_once(ok).unwrap();
+    }
+}
+
+/// A program's stderr as text, after [`assert_causes_said_once`]: CLI tests
+/// read every stderr through this, so any error the suite provokes is
+/// checked for a cause said twice.
+pub fn checked_stderr(stderr: impl AsRef<[u8]>) -> String {
+    let text = String::from_utf8_lossy(stderr.as_ref()).into_owned();
+    assert_causes_said_once("stderr", &text);
+    text
+}

@@ -44,7 +44,7 @@ pub enum DeviceError {
         size: usize,
     },
     /// A host resource failed (socket, file).
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Host {
         /// What was being done.
         what: String,

@@ -95,14 +95,8 @@ pub fn guest_names() -> &'static [&'static str] {
 /// The VMM's errors keep their cause in `source()` rather than repeating it
 /// in their own message.
 pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        cur = e.source();
-    }
-    s
+    let causes = std::iter::successors(Some(err), |e| e.source());
+    causes.map(|e| e.to_string()).collect::<Vec<_>>().join(": ")
 }
 
 /// Whether KVM can be used here: `Err` names why not (for test skips).

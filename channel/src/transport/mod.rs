@@ -31,7 +31,7 @@ pub enum TransportError {
     #[error("peer lost: {0}")]
     PeerLost(String),
     /// An operating-system error, with what was being done.
-    #[error("{op}: {source}")]
+    #[error("{op}")]
     Io {
         /// The operation, e.g. "send to 127.0.0.1:7000".
         op: String,

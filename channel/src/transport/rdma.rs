@@ -54,10 +54,10 @@ pub fn config(settings: &ChannelSettings) -> RdmaConfig {
 fn setup_error(e: SetupError) -> TransportError {
     match e {
         SetupError::Probe(_) | SetupError::NotBuilt { .. } | SetupError::Library { .. } => {
-            TransportError::Unavailable(e.to_string())
+            TransportError::Unavailable(crate::error_chain(&e))
         }
         SetupError::Io { op, source } => TransportError::Io { op, source },
-        other => TransportError::PeerLost(other.to_string()),
+        other => TransportError::PeerLost(crate::error_chain(&other)),
     }
 }
 

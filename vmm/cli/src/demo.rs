@@ -127,7 +127,7 @@ fn failover_part(settings: &Settings) -> anyhow::Result<()> {
         let t = run_trial(&opts, kind, 0, &mut seed);
         let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
         if let Some(e) = &t.error {
-            println!("{label:<18} trial failed: {e}");
+            println!("{label:<18} trial failed: {e:#}");
             clean = false;
             continue;
         }

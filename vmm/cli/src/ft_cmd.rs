@@ -238,7 +238,7 @@ pub fn run_primary(
         if let Some(f) = floating
             && let Err(e) = f.remove()
         {
-            eprintln!("ftvm primary: {why}: {e}");
+            eprintln!("ftvm primary: {why}: {}", ftvm_vmm::error_chain(&e));
         }
     };
     let outcome = match run {
@@ -401,7 +401,10 @@ pub fn run_backup(a: BackupArgs, settings: &Settings) -> anyhow::Result<RunOutco
         && let Some(f) = &floating
         && let Err(e) = f.remove()
     {
-        eprintln!("ftvm backup: giving back the service address: {e}");
+        eprintln!(
+            "ftvm backup: giving back the service address: {}",
+            ftvm_vmm::error_chain(&e)
+        );
     }
     let outcome = run?;
     if outcome.reason == StopReason::Requested {

@@ -60,7 +60,7 @@ fn wait_output(mut child: Child, limit: Duration) -> Output {
             let out = child.wait_with_output().unwrap();
             panic!(
                 "process did not finish in {limit:?}; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
+                ftvm_testkit::checked_stderr(&out.stderr)
             );
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -96,7 +96,7 @@ fn source_to_sink(transport: &str, addr: &str) {
     assert!(
         out.status.success(),
         "source failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ftvm_testkit::checked_stderr(&out.stderr)
     );
     assert!(stdout.contains("50000 entries (5000 outputs)"), "{stdout}");
     assert!(
@@ -104,7 +104,7 @@ fn source_to_sink(transport: &str, addr: &str) {
         "{stdout}"
     );
     let sink = wait_output(sink, Duration::from_secs(20));
-    let serr = String::from_utf8_lossy(&sink.stderr);
+    let serr = ftvm_testkit::checked_stderr(&sink.stderr);
     assert!(sink.status.success(), "{serr}");
     assert!(
         serr.contains("50000 entries (5000 outputs)") && serr.contains("ended with goodbye"),
@@ -124,7 +124,7 @@ fn source_to_sink(transport: &str, addr: &str) {
     assert!(
         out.status.success(),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ftvm_testkit::checked_stderr(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -192,10 +192,10 @@ fn sink_survives_a_corrupt_connection() {
     assert!(
         out.status.success(),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ftvm_testkit::checked_stderr(&out.stderr)
     );
     let sink = wait_output(sink, Duration::from_secs(20));
-    let serr = String::from_utf8_lossy(&sink.stderr);
+    let serr = ftvm_testkit::checked_stderr(&sink.stderr);
     assert!(
         serr.contains("CRC mismatch") && serr.contains("expected seq 2"),
         "{serr}"
@@ -229,7 +229,7 @@ fn log_inspect_names_offset_seq_and_reason_of_a_bad_frame() {
     std::fs::write(&path, &data).unwrap();
     let out = ftvm().args(["log", "inspect"]).arg(&path).output().unwrap();
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = ftvm_testkit::checked_stderr(&out.stderr);
     assert!(
         err.contains(&format!("offset {third}"))
             && err.contains("seq 3")
@@ -247,7 +247,7 @@ fn log_inspect_names_offset_seq_and_reason_of_a_bad_frame() {
     std::fs::write(&path, &data[..third + 20]).unwrap();
     let out = ftvm().args(["log", "inspect"]).arg(&path).output().unwrap();
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = ftvm_testkit::checked_stderr(&out.stderr);
     assert!(
         err.contains("truncated") && err.contains(&format!("offset {third}")),
         "{err}"
@@ -268,12 +268,36 @@ fn wrong_settings_name_key_value_and_range() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = ftvm_testkit::checked_stderr(&out.stderr);
     assert!(
         err.contains("channel.batch_bytes") && err.contains("10") && err.contains("64..="),
         "{err}"
     );
     let out = ftvm().args(["--profile", "nope", "demo"]).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown profile"));
+    assert!(ftvm_testkit::checked_stderr(&out.stderr).contains("unknown profile"));
+}
+
+/// The errors the issue found said twice (`invalid socket address: invalid
+/// socket address`, `Connection refused` three times, `Address already in use`
+/// twice) are each said once, and name what was being done.
+#[test]
+fn common_errors_say_each_cause_once() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = held.local_addr().unwrap().to_string();
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let cases: [(&[&str], &str); 3] = [
+        (&["channel", "source", "--connect", "nonsense"], "invalid socket address"),
+        (&["channel", "source", "--connect", &refused], "Connection refused"),
+        (&["channel", "sink", "--listen", &busy], "Address already in use"),
+    ];
+    for (args, cause) in cases {
+        let out = ftvm().args(args).output().unwrap();
+        let err = ftvm_testkit::checked_stderr(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert_eq!(err.matches(cause).count(), 1, "{args:?}: {err}");
+    }
 }

@@ -73,7 +73,7 @@ fn interrupt_and_finish(
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
-    (out, err, status.success())
+    (out, ftvm_testkit::checked_stderr(err), status.success())
 }
 
 fn digest_line(out: &str) -> Option<&str> {

@@ -237,8 +237,8 @@ fn sigint_of_an_idle_backup_unprotects_the_primary_at_once() {
         .wait_exit(Duration::from_secs(2))
         .expect("the idle backup stops promptly on SIGINT");
     let took = t.elapsed();
-    assert!(status.success(), "{}", pair.backup.stderr());
-    let err = pair.backup.stderr();
+    assert!(status.success(), "{}", ftvm_testkit::checked_stderr(pair.backup.stderr()));
+    let err = ftvm_testkit::checked_stderr(pair.backup.stderr());
     assert!(err.contains("stopped on request"), "{err}");
     let v = pair
         .primary
@@ -249,7 +249,7 @@ fn sigint_of_an_idle_backup_unprotects_the_primary_at_once() {
     let unprotected_after = t.elapsed();
     let note = v["note"].as_str().unwrap_or_default();
     assert!(note.contains("won generation 2"), "{note}");
-    let err = pair.primary.stderr();
+    let err = ftvm_testkit::checked_stderr(pair.primary.stderr());
     assert!(err.contains("stopped replaying (stop requested)"), "{err}");
     println!("backup stopped in {took:?}, primary unprotected {unprotected_after:?} after SIGINT");
     assert!(unprotected_after < Duration::from_secs(1));
@@ -345,7 +345,7 @@ fn a_diverging_backup_unprotects_the_primary_at_once() {
         .expect("the tampered backup stops");
     let t = Instant::now();
     assert!(!exit.success());
-    let err = pair.backup.stderr();
+    let err = ftvm_testkit::checked_stderr(pair.backup.stderr());
     assert!(err.contains("divergence at exit"), "{err}");
     let v = pair
         .primary
@@ -363,7 +363,7 @@ fn a_diverging_backup_unprotects_the_primary_at_once() {
             .unwrap_or_default()
             .contains("won generation 2")
     );
-    let perr = pair.primary.stderr();
+    let perr = ftvm_testkit::checked_stderr(pair.primary.stderr());
     assert!(perr.contains("stopped replaying (diverged)"), "{perr}");
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
@@ -423,7 +423,7 @@ fn a_backup_goes_live_only_once_the_arbiter_is_back() {
         assert_eq!(v["phase"], "arbitrating", "{v}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(pair.backup.stderr().contains("arbiter unreachable"));
+    assert!(ftvm_testkit::checked_stderr(pair.backup.stderr()).contains("arbiter unreachable"));
     etcd.restart().unwrap();
     let up_at = ftvm_ft::golive::unix_us();
     let v = pair
@@ -543,8 +543,8 @@ fn a_mismatched_pair_is_refused_naming_what_differs() {
         let mut backup = backup;
         backup.wait_exit(Duration::from_secs(5));
         (
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-            backup.stderr(),
+            ftvm_testkit::checked_stderr(&out.stderr),
+            ftvm_testkit::checked_stderr(backup.stderr()),
         )
     };
     let (p, b) = run(&["--arg", "1"], &[]);

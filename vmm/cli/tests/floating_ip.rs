@@ -27,7 +27,7 @@ fn ok(args: &[&str]) -> String {
     assert!(
         out.status.success(),
         "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ftvm_testkit::checked_stderr(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -50,7 +50,7 @@ impl Net {
             if !out.status.success() {
                 return Err(format!(
                     "cannot make network namespaces: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
+                    ftvm_testkit::checked_stderr(&out.stderr).trim()
                 ));
             }
         }
@@ -116,7 +116,7 @@ fn probe() -> Result<(), String> {
     if !out.status.success() {
         return Err(format!(
             "network namespaces cannot be made here: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            ftvm_testkit::checked_stderr(&out.stderr).trim()
         ));
     }
     let _ = run(&["ip", "netns", "del", &name]);
@@ -133,7 +133,7 @@ fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
 
 fn stderr_of(child: Child) -> String {
     let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    ftvm_testkit::checked_stderr(&out.stderr)
 }
 
 #[test]
@@ -263,7 +263,7 @@ fn the_floating_service_ip_moves_to_the_backup_and_the_client_is_served_on() {
     assert!(
         out.status.success(),
         "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        ftvm_testkit::checked_stderr(&out.stderr)
     );
     assert!(
         text.contains("0 acknowledged writes lost, 0 applied twice"),

@@ -48,7 +48,7 @@ fn finish(mut child: Child, limit: Duration) -> (String, String, bool) {
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
-    (out, err, status.success())
+    (out, ftvm_testkit::checked_stderr(err), status.success())
 }
 
 fn digest_line(out: &str) -> Option<&str> {
@@ -174,7 +174,7 @@ fn backup_with_another_guest_is_refused() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = ftvm_testkit::checked_stderr(&out.stderr);
     assert!(
         err.contains("guest differs: peer runs \"echo\", ours \"kv\""),
         "{err}"

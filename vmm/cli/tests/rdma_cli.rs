@@ -18,7 +18,7 @@ fn no_device_here() -> bool {
 }
 
 fn assert_no_device(out: &Output, what: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = ftvm_testkit::checked_stderr(&out.stderr);
     assert!(!out.status.success(), "{what} succeeded without a device");
     assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
     assert!(
@@ -102,7 +102,7 @@ fn probe_lists_a_device_tree() {
     assert!(
         out.status.success(),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ftvm_testkit::checked_stderr(&out.stderr)
     );
     assert!(stdout.contains("rxe0"), "{stdout}");
     assert!(stdout.contains("gid   0  ::ffff:192.168.1.2"), "{stdout}");
@@ -114,7 +114,7 @@ fn probe_lists_a_device_tree() {
     // A port that is down: listed, then the selection error, non-zero.
     w(&port.join("state"), "1: DOWN");
     let out = ftvm(&["rdma", "probe", "--sysfs", root.to_str().unwrap()]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = ftvm_testkit::checked_stderr(&out.stderr);
     assert!(!out.status.success());
     assert!(
         stderr.contains("no RDMA port is ACTIVE: rxe0/1 1: DOWN"),
@@ -146,7 +146,7 @@ fn bench_runs_the_same_scenarios_on_the_simulated_nic() {
         "--report",
         report.to_str().unwrap(),
     ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = ftvm_testkit::checked_stderr(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();

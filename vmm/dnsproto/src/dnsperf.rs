@@ -147,7 +147,7 @@ impl DnsperfReport {
 #[derive(Debug, thiserror::Error)]
 pub enum DnsperfError {
     /// The program could not be started.
-    #[error("starting `dnsperf {args}`: {source}")]
+    #[error("starting `dnsperf {args}`")]
     Spawn {
         /// The arguments.
         args: String,

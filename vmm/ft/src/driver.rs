@@ -493,7 +493,8 @@ impl PrimaryDriver {
                 notice(
                     "primary",
                     &format!(
-                        "arbiter unreachable ({e}); holding {} outputs, retrying in {} ms",
+                        "arbiter unreachable ({}); holding {} outputs, retrying in {} ms",
+                        ftvm_vmm::error_chain(e),
                         self.gate.held(),
                         delay.as_millis()
                     ),
@@ -581,7 +582,7 @@ impl EventSource for PrimaryDriver {
     fn poll(&mut self, at: PollPoint) -> Result<usize, EventSourceError> {
         self.pump(at).map_err(|e| EventSourceError {
             name: "primary channel",
-            reason: e.to_string(),
+            reason: ftvm_vmm::error_chain(&e),
         })
     }
 

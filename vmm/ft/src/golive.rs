@@ -275,7 +275,8 @@ impl Failover for BackupFailover {
                 notice(
                     "backup",
                     &format!(
-                        "arbiter unreachable ({e}); not going live, retrying in {} ms",
+                        "arbiter unreachable ({}); not going live, retrying in {} ms",
+                        ftvm_vmm::error_chain(e),
                         delay.as_millis()
                     ),
                 );

@@ -96,7 +96,7 @@ fn config(
     settings: &Settings,
     console: &Arc<Mutex<Vec<u8>>>,
 ) -> Result<VmConfig, String> {
-    let mut c = VmConfig::new(guest, &settings.vmm).map_err(|e| e.to_string())?;
+    let mut c = VmConfig::new(guest, &settings.vmm).map_err(|e| ftvm_vmm::error_chain(&e))?;
     c.console = ConsoleTarget::Capture(console.clone());
     Ok(c)
 }
@@ -111,7 +111,7 @@ fn local_arbiter() -> Result<Arc<dyn Arbiter>, String> {
     ));
     ftvm_arbiter::open(&format!("file:{}", dir.display()))
         .map(Arc::from)
-        .map_err(|e| e.to_string())
+        .map_err(|e| ftvm_vmm::error_chain(&e))
 }
 
 impl LocalPair {
@@ -124,7 +124,7 @@ impl LocalPair {
         let console = Arc::new(Mutex::new(Vec::new()));
         let mut c = config(guest, settings, &console)?;
         let nic = Nic::new("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ftvm_vmm::error_chain(&e))?;
         let service = nic.local_addr().ok_or("the NIC has no address")?;
         c.devices.push(Box::new(nic));
         let stop = c.stop.clone();
@@ -137,7 +137,7 @@ impl LocalPair {
                 wrap,
             } => {
                 let mut listener =
-                    transport::listen(&settings.channel, &listen).map_err(|e| e.to_string())?;
+                    transport::listen(&settings.channel, &listen).map_err(|e| ftvm_vmm::error_chain(&e))?;
                 let bound = listener.local_addr();
                 let sb = settings.clone();
                 let bconsole = Arc::new(Mutex::new(Vec::new()));

@@ -33,7 +33,7 @@ pub enum ServiceError {
         outcome: String,
     },
     /// The NIC could not take the socket.
-    #[error("attaching the service socket: {0}")]
+    #[error("attaching the service socket")]
     Nic(#[from] ftvm_vmm::devices::net::NicSetupError),
     /// A bad `--service-ip`.
     #[error("--service-ip {value:?}: {problem} (expected IP/PREFIX, e.g. 10.0.0.100/24)")]

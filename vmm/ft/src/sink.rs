@@ -75,7 +75,7 @@ pub(crate) struct DriverThread {
 impl DriverThread {
     fn join(&mut self) -> Result<(), LogSinkError> {
         match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(r)) => r.map_err(|e| LogSinkError::Closed(e.to_string())),
+            Some(Ok(r)) => r.map_err(|e| LogSinkError::Closed(ftvm_vmm::error_chain(&e))),
             Some(Err(_)) => Err(LogSinkError::Closed(
                 "the primary's channel thread panicked".into(),
             )),
@@ -177,7 +177,7 @@ impl ChannelSink {
         match &mut self.drive {
             Drive::Inline(d) => {
                 d.pump(PollPoint::Wait)
-                    .map_err(|e| LogSinkError::Closed(e.to_string()))?;
+                    .map_err(|e| LogSinkError::Closed(ftvm_vmm::error_chain(&e)))?;
             }
             Drive::Threaded(t) => {
                 if t.thread.as_ref().is_none_or(JoinHandle::is_finished) {
@@ -259,8 +259,9 @@ impl LogSink for ChannelSink {
                 }
                 Err(e) => {
                     return Err(LogSinkError::Closed(format!(
-                        "entry seq {} refused by the channel: {e}",
-                        header.seq
+                        "entry seq {} refused by the channel: {}",
+                        header.seq,
+                        ftvm_vmm::error_chain(&e)
                     )));
                 }
             }
@@ -287,7 +288,7 @@ impl LogSink for ChannelSink {
     /// last ACK, says goodbye, releases what is held).
     fn flush(&mut self) -> Result<(), LogSinkError> {
         match &mut self.drive {
-            Drive::Inline(d) => d.finish().map_err(|e| LogSinkError::Closed(e.to_string())),
+            Drive::Inline(d) => d.finish().map_err(|e| LogSinkError::Closed(ftvm_vmm::error_chain(&e))),
             Drive::Threaded(t) => {
                 t.finish.store(true, Ordering::Release);
                 t.join()

@@ -15,7 +15,7 @@ use crate::{KvDecodeError, KvEncodeError, MAX_DATAGRAM, Op, Reply, Request, Stat
 #[derive(Debug, thiserror::Error)]
 pub enum KvCallError {
     /// A socket operation failed.
-    #[error("{what} (server {server}): {source}")]
+    #[error("{what} (server {server})")]
     Io {
         /// What was being done.
         what: &'static str,
@@ -28,7 +28,7 @@ pub enum KvCallError {
     #[error("cannot encode request: {0}")]
     Encode(KvEncodeError),
     /// The server answered with a datagram that is not a reply.
-    #[error("bad reply from {server}: {source}")]
+    #[error("bad reply from {server}")]
     Decode {
         /// The server.
         server: SocketAddr,

@@ -184,7 +184,7 @@ pub enum LoadError {
         allowed: &'static str,
     },
     /// A socket operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: &'static str,

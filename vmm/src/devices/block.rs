@@ -103,7 +103,7 @@ const _: () = assert!(
 #[derive(Debug, thiserror::Error)]
 pub enum BlockSetupError {
     /// The disk file could not be opened or measured.
-    #[error("disk file {path}: {what}: {source}")]
+    #[error("disk file {path}: {what}")]
     File {
         /// The `--disk` path.
         path: PathBuf,

@@ -48,7 +48,7 @@ pub(crate) fn extra_devices(
     if let Some(addr) = config.service {
         let nic = net::Nic::new(addr).map_err(|e| crate::vm::VmError::DeviceSetup {
             device: "net",
-            detail: e.to_string(),
+            detail: crate::error_chain(&e),
         })?;
         v.push(Box::new(nic));
     }
@@ -61,6 +61,6 @@ pub(crate) fn extra_devices(
 fn open_disk(path: &std::path::Path) -> Result<block::Block, crate::vm::VmError> {
     block::Block::open(path).map_err(|e| crate::vm::VmError::DeviceSetup {
         device: "block",
-        detail: e.to_string(),
+        detail: crate::error_chain(&e),
     })
 }

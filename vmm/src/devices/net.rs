@@ -104,7 +104,7 @@ const PACKET_HEADER: usize = 8 + PEER_LEN;
 #[derive(Debug, thiserror::Error)]
 pub enum NicSetupError {
     /// The service socket could not be bound or configured.
-    #[error("service address {addr}: {what}: {source}")]
+    #[error("service address {addr}: {what}")]
     Socket {
         /// The `--service` address.
         addr: SocketAddr,
