@@ -1,0 +1,116 @@
+//! A spare: a VM waiting, not running, for a live side to transfer its
+//! state (issue 9, `docs/transfer.md`). Each attempt is one TCP connection
+//! carrying one transfer stream (`docs/protocol.md` §6). A refused attempt
+//! — a cut stream, garbage, a page beyond guest memory, another guest or
+//! version, a digest mismatch — is reported with what was wrong and the
+//! spare keeps waiting for the next one; the sender's VM is not affected.
+//!
+//! Not yet wired: after an accepted attempt the caller still has to start
+//! replaying the live side's log over the channel (the `--spare` join of
+//! `ftvm primary`/`ftvm backup`).
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use ftvm_vmm::Vm;
+use ftvm_vmm::transfer::{ReceiveReport, receive};
+
+/// How often a waiting spare checks `give_up` between connections.
+const POLL: Duration = Duration::from_millis(50);
+
+/// What ended a wait with no state received.
+#[derive(Debug, thiserror::Error)]
+pub enum SpareError {
+    /// The listener failed.
+    #[error("spare on {addr}: accepting a transfer")]
+    Accept {
+        /// The listening address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// `give_up` returned true (a signal, a deadline).
+    #[error("spare on {addr}: stopped waiting after {refused} refused attempts")]
+    GaveUp {
+        /// The listening address.
+        addr: String,
+        /// Attempts refused before.
+        refused: u64,
+    },
+}
+
+/// An accepted transfer: `vm` holds the sender's state at the join point.
+#[derive(Debug)]
+pub struct Joined {
+    /// The receiver's report (join exit ordinal, digest, bytes).
+    pub report: ReceiveReport,
+    /// The sender's connection, still open.
+    pub stream: TcpStream,
+    /// The sender's address.
+    pub peer: SocketAddr,
+    /// Attempts refused before this one.
+    pub refused: u64,
+}
+
+/// Waits on `listener` until one transfer attempt is received into `vm`
+/// whole and with the sender's digest. A connection that sends nothing for
+/// `stall` is cut and refused like a bad stream. Every refused attempt is
+/// passed to `on_refused` (the peer and the error naming what was wrong:
+/// a [`ftvm_vmm::transfer::ReceiveStateError`], or the connection's own I/O error).
+pub fn wait_for_state(
+    listener: &TcpListener,
+    vm: &mut Vm,
+    stall: Duration,
+    give_up: &dyn Fn() -> bool,
+    mut on_refused: impl FnMut(SocketAddr, &(dyn std::error::Error + 'static)),
+) -> Result<Joined, SpareError> {
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let accept_err = |source| SpareError::Accept {
+        addr: addr.clone(),
+        source,
+    };
+    listener.set_nonblocking(true).map_err(accept_err)?;
+    let mut refused = 0;
+    loop {
+        if give_up() {
+            return Err(SpareError::GaveUp { addr, refused });
+        }
+        let (stream, peer) = match listener.accept() {
+            Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(POLL);
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(accept_err(e)),
+        };
+        let setup = stream
+            .set_nonblocking(false)
+            .and_then(|()| stream.set_read_timeout(Some(stall)))
+            .and_then(|()| stream.set_nodelay(true));
+        if let Err(e) = setup {
+            // The connection, not the listener, failed: the next one may do.
+            refused += 1;
+            on_refused(peer, &e);
+            continue;
+        }
+        match receive(vm, &stream) {
+            Ok(report) => {
+                return Ok(Joined {
+                    report,
+                    stream,
+                    peer,
+                    refused,
+                });
+            }
+            Err(e) => {
+                refused += 1;
+                on_refused(peer, &e);
+            }
+        }
+    }
+}

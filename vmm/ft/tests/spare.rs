@@ -1,0 +1,95 @@
+//! A spare waiting on a real TCP socket (`ftvm_ft::spare`): a cut stream
+//! and a stream that is not a transfer are refused, each naming what was
+//! wrong, and the spare keeps waiting; the next whole attempt (a snapshot of
+//! a running kv VM) is received with the sender's join digest.
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ftvm_vmm::devices::net::Nic;
+use ftvm_vmm::transfer::write_snapshot;
+use ftvm_vmm::{ConsoleTarget, RunMode, Vm, VmConfig};
+
+fn kv_config() -> (VmConfig, Arc<Mutex<Vec<u8>>>) {
+    let settings = ftvm_tuning::VmmSettings::default();
+    let mut c = VmConfig::new("kv", &settings).expect("embedded guest");
+    let console = Arc::new(Mutex::new(Vec::new()));
+    c.console = ConsoleTarget::Capture(console.clone());
+    let nic = Nic::new("127.0.0.1:0".parse().unwrap()).expect("nic");
+    c.devices.push(Box::new(nic));
+    (c, console)
+}
+
+#[test]
+fn a_spare_refuses_bad_streams_by_name_and_takes_the_next_good_one() {
+    if !ftvm_vmm::kvm_or_skip("a_spare_refuses_bad_streams_by_name_and_takes_the_next_good_one") {
+        return;
+    }
+    // The live side: a kv VM running unlogged; its state at an exit boundary.
+    let (c, console) = kv_config();
+    let stop = c.stop.clone();
+    let vm = Vm::new(c, RunMode::Live).expect("sender VM");
+    let control = vm.control();
+    let live = std::thread::spawn(move || {
+        let mut vm = vm;
+        vm.run().map_err(|e| ftvm_vmm::error_chain(&e))
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(&console.lock().unwrap()).contains("kv: serving") {
+        assert!(Instant::now() < deadline, "kv did not start");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let snap = control
+        .call_at_next_exit(|b| b.snapshot())
+        .wait(Duration::from_secs(10))
+        .expect("boundary")
+        .expect("snapshot");
+    let good = write_snapshot(&snap, Vec::new()).expect("stream");
+
+    // The spare: a fresh VM for the same guest, waiting on a socket.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (c, _) = kv_config();
+    let spare = std::thread::spawn(move || {
+        let mut vm = Vm::new(c, RunMode::Live).expect("spare VM");
+        let mut refused = Vec::new();
+        let joined = ftvm_ft::spare::wait_for_state(
+            &listener,
+            &mut vm,
+            Duration::from_secs(5),
+            &|| false,
+            |peer, e| refused.push(format!("{peer}: {}", ftvm_vmm::error_chain(e))),
+        );
+        (joined.map_err(|e| ftvm_vmm::error_chain(&e)), refused)
+    });
+
+    // A stream cut in the middle, then bytes that are no transfer at all.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&good[..good.len() / 2]).unwrap();
+    drop(s);
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: spare\r\n\r\n")
+        .unwrap();
+    drop(s);
+    // The whole stream.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&good).unwrap();
+
+    let (joined, refused) = spare.join().unwrap();
+    let joined = joined.expect("the good attempt joins");
+    println!("refused: {refused:#?}");
+    assert_eq!(joined.refused, 2, "{refused:?}");
+    assert_eq!(refused.len(), 2);
+    assert!(refused[0].contains("cut"), "{}", refused[0]);
+    assert!(refused[1].contains("receive state"), "{}", refused[1]);
+    assert_eq!(joined.report.bytes, good.len() as u64);
+    assert_eq!(joined.report.digest, snap.digest, "join digests");
+    drop(s);
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    live.join()
+        .unwrap()
+        .expect("the live VM kept running and stopped on request");
+}
