@@ -1,6 +1,7 @@
-//! A spare waiting on a real TCP socket (`ftvm_ft::spare`): a cut stream
-//! and a stream that is not a transfer are refused, each naming what was
-//! wrong, and the spare keeps waiting; the next whole attempt (a snapshot of
+//! A spare waiting on a real TCP socket (`ftvm_ft::spare`): a cut stream,
+//! a stream that is not a transfer and one whose join digest is not its
+//! state are refused, each naming what was wrong, and the spare keeps
+//! waiting; the next whole attempt (a snapshot of
 //! a running kv VM) is received with the sender's join digest.
 
 use std::io::Write;
@@ -9,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ftvm_vmm::devices::net::Nic;
-use ftvm_vmm::transfer::write_snapshot;
+use ftvm_vmm::transfer::{ReadRecordError, Record, RecordReader, RecordWriter, write_snapshot};
 use ftvm_vmm::{ConsoleTarget, RunMode, Vm, VmConfig};
 
 fn kv_config() -> (VmConfig, Arc<Mutex<Vec<u8>>>) {
@@ -20,6 +21,26 @@ fn kv_config() -> (VmConfig, Arc<Mutex<Vec<u8>>>) {
     let nic = Nic::new("127.0.0.1:0".parse().unwrap()).expect("nic");
     c.devices.push(Box::new(nic));
     (c, console)
+}
+
+/// `stream` re-written with the End record's state digest changed (CRCs
+/// recomputed: only the digest check sees it).
+fn with_other_join_digest(stream: &[u8]) -> Vec<u8> {
+    let mut r = RecordReader::new(stream);
+    let mut w = RecordWriter::new(Vec::new());
+    loop {
+        match r.read() {
+            Ok(mut rec) => {
+                if let Record::End(e) = &mut rec {
+                    e.digest.cpu_digest ^= 1;
+                    e.digest.digest ^= 1;
+                }
+                w.write(&rec).unwrap();
+            }
+            Err(ReadRecordError::Ended { .. }) => return w.into_inner(),
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
 
 #[test]
@@ -47,6 +68,7 @@ fn a_spare_refuses_bad_streams_by_name_and_takes_the_next_good_one() {
         .expect("boundary")
         .expect("snapshot");
     let good = write_snapshot(&snap, Vec::new()).expect("stream");
+    let mismatch = with_other_join_digest(&good);
 
     // The spare: a fresh VM for the same guest, waiting on a socket.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -73,6 +95,10 @@ fn a_spare_refuses_bad_streams_by_name_and_takes_the_next_good_one() {
     s.write_all(b"GET / HTTP/1.1\r\nHost: spare\r\nUser-Agent: not-a-transfer-stream\r\n\r\n")
         .unwrap();
     drop(s);
+    // A whole stream whose join digest is not the state it carries.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&mismatch).unwrap();
+    drop(s);
     // The whole stream.
     let mut s = TcpStream::connect(addr).unwrap();
     s.write_all(&good).unwrap();
@@ -80,13 +106,18 @@ fn a_spare_refuses_bad_streams_by_name_and_takes_the_next_good_one() {
     let (joined, refused) = spare.join().unwrap();
     let joined = joined.expect("the good attempt joins");
     println!("refused: {refused:#?}");
-    assert_eq!(joined.refused, 2, "{refused:?}");
-    assert_eq!(refused.len(), 2);
+    assert_eq!(joined.refused, 3, "{refused:?}");
+    assert_eq!(refused.len(), 3);
     assert!(refused[0].contains("cut"), "{}", refused[0]);
     assert!(
         refused[1].contains("receive state") && !refused[1].contains("cut"),
         "{}",
         refused[1]
+    );
+    assert!(
+        refused[2].contains("state digest at exit"),
+        "{}",
+        refused[2]
     );
     assert_eq!(joined.report.bytes, good.len() as u64);
     assert_eq!(joined.report.digest, snap.digest, "join digests");
