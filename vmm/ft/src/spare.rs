@@ -114,3 +114,42 @@ pub fn wait_for_state(
         }
     }
 }
+
+/// A spare's key at the arbiter (`docs/arbiter.md`: a key per spare under
+/// the VM's prefix), so a live side finds it without a static list. The
+/// key is removed when this is dropped (a SIGKILLed spare leaves its key:
+/// the live side then meets a refused connection and tries the next one).
+pub struct SpareRegistration {
+    arbiter: std::sync::Arc<dyn ftvm_arbiter::Arbiter>,
+    vm: String,
+    addr: String,
+}
+
+impl SpareRegistration {
+    /// Registers `addr` (where this spare waits) as a spare of `vm`.
+    pub fn register(
+        arbiter: std::sync::Arc<dyn ftvm_arbiter::Arbiter>,
+        vm: &str,
+        addr: &str,
+    ) -> Result<SpareRegistration, ftvm_arbiter::ArbiterError> {
+        arbiter.register_spare(vm, addr)?;
+        Ok(SpareRegistration {
+            arbiter,
+            vm: vm.to_string(),
+            addr: addr.to_string(),
+        })
+    }
+
+    /// The registered address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+}
+
+impl Drop for SpareRegistration {
+    fn drop(&mut self) {
+        // Best effort: an arbiter that is down keeps a stale key, which
+        // costs the live side one refused connection.
+        let _ = self.arbiter.unregister_spare(&self.vm, &self.addr);
+    }
+}

@@ -128,3 +128,25 @@ fn a_spare_refuses_bad_streams_by_name_and_takes_the_next_good_one() {
         .unwrap()
         .expect("the live VM kept running and stopped on request");
 }
+
+/// A spare's registration is a key under the VM at a file arbiter (a real
+/// directory) while it lives, and gone after.
+#[test]
+fn a_registered_spare_is_listed_at_the_arbiter_until_dropped() {
+    let dir = std::env::temp_dir().join(format!("ftvm-spare-arbiter-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let arbiter: Arc<dyn ftvm_arbiter::Arbiter> =
+        Arc::from(ftvm_arbiter::open(&format!("file:{}", dir.display())).expect("file arbiter"));
+    let reg = ftvm_ft::spare::SpareRegistration::register(arbiter.clone(), "vm-a", "host-b:7100")
+        .expect("register");
+    assert_eq!(reg.addr(), "host-b:7100");
+    assert_eq!(
+        arbiter.spares("vm-a").unwrap(),
+        vec!["host-b:7100".to_string()]
+    );
+    assert!(arbiter.spares("vm-b").unwrap().is_empty());
+    drop(reg);
+    assert!(arbiter.spares("vm-a").unwrap().is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
