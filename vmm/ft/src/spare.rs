@@ -125,6 +125,16 @@ pub struct SpareRegistration {
     addr: String,
 }
 
+impl std::fmt::Debug for SpareRegistration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpareRegistration")
+            .field("arbiter", &self.arbiter.url())
+            .field("vm", &self.vm)
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
 impl SpareRegistration {
     /// Registers `addr` (where this spare waits) as a spare of `vm`.
     pub fn register(
