@@ -5,6 +5,9 @@
 //! version, a digest mismatch — is reported with what was wrong and the
 //! spare keeps waiting for the next one; the sender's VM is not affected.
 //!
+//! The live side's half is [`offer_state`]: it tries the spares in order
+//! and transfers to the first that takes the state whole.
+//!
 //! Not yet wired: after an accepted attempt the caller still has to start
 //! replaying the live side's log over the channel (the `--spare` join of
 //! `ftvm primary`/`ftvm backup`).
@@ -13,8 +16,8 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use ftvm_vmm::Vm;
-use ftvm_vmm::transfer::{ReceiveReport, receive};
+use ftvm_vmm::transfer::{PrecopyConfig, ReceiveReport, SendReport, receive, send_live};
+use ftvm_vmm::{ExitBoundary, Vm, VmControl};
 
 /// How often a waiting spare checks `give_up` between connections.
 const POLL: Duration = Duration::from_millis(50);
@@ -162,4 +165,93 @@ impl Drop for SpareRegistration {
         // costs the live side one refused connection.
         let _ = self.arbiter.unregister_spare(&self.vm, &self.addr);
     }
+}
+
+/// No spare took the state; the live VM runs on unprotected.
+#[derive(Debug, thiserror::Error)]
+#[error("no spare took the state ({} tried): {}", tried.len(), tried.join("; "))]
+pub struct OfferError {
+    /// Each spare tried, with what went wrong (`ADDR: why`).
+    pub tried: Vec<String>,
+}
+
+/// A transfer a spare took.
+#[derive(Debug)]
+pub struct Offered {
+    /// The sender's report (join ordinal, digest, pause, bytes).
+    pub report: SendReport,
+    /// The connection to the spare, still open.
+    pub stream: TcpStream,
+    /// The spare's address, as given.
+    pub spare: String,
+    /// Spares tried before, each with what went wrong.
+    pub failed: Vec<String>,
+}
+
+/// Transfers the running VM behind `control` to the first of `spares`
+/// (`host:port`) that takes it: connect (within `connect_timeout`), live
+/// pre-copy, join. A spare that refuses the connection, stalls longer than
+/// `stall` or cuts the stream is skipped with what went wrong, and the next
+/// one is tried; the VM keeps running throughout. `on_join(spare)` makes
+/// the action run at the join exit of the attempt to `spare` (start
+/// logging to it). If it ran and the attempt failed afterwards (the stream
+/// cut after the join), the caller's sink sees the lost peer.
+pub fn offer_state<F>(
+    control: &VmControl,
+    spares: &[String],
+    connect_timeout: Duration,
+    stall: Duration,
+    cfg: &PrecopyConfig,
+    mut on_join: impl FnMut(&str) -> F,
+) -> Result<Offered, OfferError>
+where
+    F: FnOnce(&mut ExitBoundary<'_>) + Send + 'static,
+{
+    let mut failed = Vec::new();
+    for (n, spare) in spares.iter().enumerate() {
+        let stream = match connect(spare, connect_timeout, stall) {
+            Ok(s) => s,
+            Err(why) => {
+                failed.push(format!("{spare}: {why}"));
+                continue;
+            }
+        };
+        let cfg = PrecopyConfig {
+            attempt: cfg.attempt + n as u64,
+            ..cfg.clone()
+        };
+        match send_live(control, stream, &cfg, on_join(spare)) {
+            Ok((report, stream)) => {
+                return Ok(Offered {
+                    report,
+                    stream,
+                    spare: spare.clone(),
+                    failed,
+                });
+            }
+            Err(e) => failed.push(format!("{spare}: {}", ftvm_vmm::error_chain(&e))),
+        }
+    }
+    Err(OfferError { tried: failed })
+}
+
+fn connect(spare: &str, timeout: Duration, stall: Duration) -> Result<TcpStream, String> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = spare
+        .to_socket_addrs()
+        .map_err(|e| format!("not an address: {e}"))?
+        .collect();
+    let mut last = "resolves to no address".to_string();
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, timeout) {
+            Ok(s) => {
+                s.set_write_timeout(Some(stall))
+                    .and_then(|()| s.set_nodelay(true))
+                    .map_err(|e| format!("connected to {a}, then: {e}"))?;
+                return Ok(s);
+            }
+            Err(e) => last = format!("connecting to {a}: {e}"),
+        }
+    }
+    Err(last)
 }

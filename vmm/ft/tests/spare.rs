@@ -4,14 +4,16 @@
 //! waiting; the next whole attempt (a snapshot of
 //! a running kv VM) is received with the sender's join digest.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ftvm_vmm::devices::net::Nic;
-use ftvm_vmm::transfer::{ReadRecordError, Record, RecordReader, RecordWriter, write_snapshot};
-use ftvm_vmm::{ConsoleTarget, RunMode, Vm, VmConfig};
+use ftvm_vmm::transfer::{
+    PrecopyConfig, ReadRecordError, Record, RecordReader, RecordWriter, write_snapshot,
+};
+use ftvm_vmm::{ConsoleTarget, ExitBoundary, RunMode, Vm, VmConfig};
 
 fn kv_config() -> (VmConfig, Arc<Mutex<Vec<u8>>>) {
     let settings = ftvm_tuning::VmmSettings::default();
@@ -149,4 +151,91 @@ fn a_registered_spare_is_listed_at_the_arbiter_until_dropped() {
     drop(reg);
     assert!(arbiter.spares("vm-a").unwrap().is_empty());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn nothing_at_the_join(_: &mut ExitBoundary<'_>) {}
+
+/// The live side offers its state to three spares in turn: one refuses the
+/// connection, one is killed (its socket closed) in the middle of the
+/// pre-copy, and the third takes it with the sender's join digest. The
+/// live VM runs throughout and after.
+#[test]
+fn the_live_side_skips_a_dead_and_a_cut_spare_and_joins_the_next() {
+    if !ftvm_vmm::kvm_or_skip("the_live_side_skips_a_dead_and_a_cut_spare_and_joins_the_next") {
+        return;
+    }
+    let (c, console) = kv_config();
+    let stop = c.stop.clone();
+    let vm = Vm::new(c, RunMode::Live).expect("live VM");
+    let control = vm.control();
+    let live = std::thread::spawn(move || {
+        let mut vm = vm;
+        vm.run().map_err(|e| ftvm_vmm::error_chain(&e))
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(&console.lock().unwrap()).contains("kv: serving") {
+        assert!(Instant::now() < deadline, "kv did not start");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+
+    // A port nobody listens on.
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap().to_string();
+    drop(dead);
+    // A spare killed mid-transfer: it reads 64 KiB, then its socket closes.
+    let cut = TcpListener::bind("127.0.0.1:0").unwrap();
+    let cut_addr = cut.local_addr().unwrap().to_string();
+    let cutter = std::thread::spawn(move || {
+        let (mut s, _) = cut.accept().unwrap();
+        let mut buf = vec![0; 64 << 10];
+        s.read_exact(&mut buf).unwrap();
+    });
+    // A real spare.
+    let good = TcpListener::bind("127.0.0.1:0").unwrap();
+    let good_addr = good.local_addr().unwrap().to_string();
+    let (c, _) = kv_config();
+    let spare = std::thread::spawn(move || {
+        let mut vm = Vm::new(c, RunMode::Live).expect("spare VM");
+        ftvm_ft::spare::wait_for_state(&good, &mut vm, Duration::from_secs(5), &|| false, |_, _| {})
+            .map(|j| j.report)
+            .map_err(|e| ftvm_vmm::error_chain(&e))
+    });
+
+    let spares = vec![dead_addr.clone(), cut_addr.clone(), good_addr.clone()];
+    let offered = ftvm_ft::spare::offer_state(
+        &control,
+        &spares,
+        Duration::from_secs(1),
+        Duration::from_secs(5),
+        &PrecopyConfig::default(),
+        |_| nothing_at_the_join,
+    )
+    .expect("the third spare takes the state");
+    cutter.join().unwrap();
+    let received = spare.join().unwrap().expect("the spare joined");
+    println!("skipped: {:#?}", offered.failed);
+    assert_eq!(offered.spare, good_addr);
+    assert_eq!(offered.failed.len(), 2, "{:?}", offered.failed);
+    assert!(
+        offered.failed[0].starts_with(&dead_addr),
+        "{}",
+        offered.failed[0]
+    );
+    assert!(
+        offered.failed[1].starts_with(&cut_addr),
+        "{}",
+        offered.failed[1]
+    );
+    assert!(
+        offered.failed[1].contains("send state"),
+        "{}",
+        offered.failed[1]
+    );
+    assert_eq!(received.digest, offered.report.digest, "join digests");
+    assert_eq!(received.ordinal, offered.report.ordinal);
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    live.join()
+        .unwrap()
+        .expect("the live VM ran on and stopped on request");
 }
