@@ -48,6 +48,7 @@ mod pair;
 pub mod service;
 mod sink;
 mod source;
+pub mod spare;
 mod standby;
 pub mod status;
 
