@@ -79,10 +79,10 @@ impl Link {
     pub fn queue(&mut self, c: Control) {
         // Our own frames are built within their limits (names and texts are
         // checked before a Hello is made, reasons are cut to length), so
-        // encoding cannot fail; a frame that did would simply not be queued.
-        if let Ok(frame) = c.to_frame() {
-            self.ctrl.extend_from_slice(&frame);
-        }
+        // encoding cannot fail; a frame that did would simply not be queued
+        // (`append_frame` leaves the buffer as it was). Written in place: an
+        // ACK, Tick or Released costs no allocation.
+        let _ = c.append_frame(&mut self.ctrl);
         if c.kind() == Kind::Tick {
             self.stats.ticks_out += 1;
         }

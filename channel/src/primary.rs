@@ -99,6 +99,10 @@ pub struct Primary {
     delivered_seq: u64,
 }
 
+/// Unacked sends the RTT queue holds before it grows (reserved at the
+/// handshake so steady shipping does not allocate).
+const SENDS_RESERVED: usize = 1024;
+
 /// [`Primary::poll_exit`] receives at most this often.
 pub const RECEIVE_EVERY: Duration = Duration::from_micros(50);
 
@@ -185,7 +189,7 @@ impl Primary {
             peer_goodbye: false,
             capture: None,
             epoch: now,
-            sends: VecDeque::new(),
+            sends: VecDeque::with_capacity(SENDS_RESERVED),
             // The handshake itself proves the backup heard us just now.
             proved_sent_at: Some(now),
             lease: timeout.saturating_sub(lease_margin(timeout)),

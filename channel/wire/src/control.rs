@@ -492,20 +492,44 @@ impl Control {
 
     /// Encodes the whole control frame into a new vector.
     pub fn to_frame(&self) -> Result<Vec<u8>, ControlError> {
-        let payload = self.payload()?;
-        let mut v = vec![0u8; frame_len(payload.len())];
-        encode(
-            &mut v,
-            &Header::new(self.kind(), 0, 0, payload.len()),
-            &payload,
-        )
-        .map_err(|_| ControlError::BadSize {
-            kind: self.kind(),
-            len: payload.len(),
-            expected: MAX_CONTROL_PAYLOAD_LEN,
-        })?;
+        let mut v = Vec::new();
+        self.append_frame(&mut v)?;
         Ok(v)
     }
+
+    /// Appends the whole control frame to `out`; returns its length. The
+    /// fixed-size kinds (Ack, Tick, Goodbye, Released) are encoded straight
+    /// into `out`, so a sender that reuses its buffer does not allocate per
+    /// frame. On error `out` is left as it was.
+    pub fn append_frame(&self, out: &mut Vec<u8>) -> Result<usize, ControlError> {
+        let kind = self.kind();
+        match self {
+            Control::Ack(a) => append_encoded(out, kind, &a.to_bytes()),
+            Control::Tick(t) => append_encoded(out, kind, &t.to_bytes()),
+            Control::Goodbye(g) => append_encoded(out, kind, &g.to_bytes()),
+            Control::Released(r) => append_encoded(out, kind, &r.to_bytes()),
+            Control::Hello(_) | Control::Stop(_) => append_encoded(out, kind, &self.payload()?),
+        }
+    }
+}
+
+/// Encodes a control frame of `kind` carrying `payload` at the end of `out`.
+fn append_encoded(out: &mut Vec<u8>, kind: Kind, payload: &[u8]) -> Result<usize, ControlError> {
+    let start = out.len();
+    out.resize(start + frame_len(payload.len()), 0);
+    encode(
+        &mut out[start..],
+        &Header::new(kind, 0, 0, payload.len()),
+        payload,
+    )
+    .map_err(|_| {
+        out.truncate(start);
+        ControlError::BadSize {
+            kind,
+            len: payload.len(),
+            expected: MAX_CONTROL_PAYLOAD_LEN,
+        }
+    })
 }
 
 /// The largest control payload (a Hello with the longest names and settings text).

@@ -1,0 +1,176 @@
+//! Counts heap allocations per entry with a counting global allocator: the
+//! primary's append path (claim, write in place, commit) and its shipping
+//! (`Primary::poll`: send, ACKs in, ticks and watermarks out) must not
+//! allocate, nor must the backup's steady-state receive (`Backup::poll`
+//! handing out borrowed frames, ACKs out).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::thread;
+use std::time::Duration;
+
+use ftvm_channel::transport::{self, Transport};
+use ftvm_channel::{AppendError, Backup, ChannelError, HelloParams, Primary};
+use ftvm_tuning::{ChannelSettings, TransportKind};
+use ftvm_wire::Kind;
+
+/// Counts allocations made on threads that opted in (`counting(true)`).
+struct Counting;
+
+thread_local! {
+    static COUNT_HERE: Cell<bool> = const { Cell::new(false) };
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+    static LAST_SIZE: Cell<usize> = const { Cell::new(0) };
+}
+
+fn counted(size: usize) {
+    // try_with: the allocator may run while thread locals are torn down.
+    if COUNT_HERE.try_with(Cell::get).unwrap_or(false) {
+        let _ = ALLOCS.try_with(|a| a.set(a.get() + 1));
+        let _ = LAST_SIZE.try_with(|s| s.set(size));
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        counted(layout.size());
+        // SAFETY: the caller's contract is passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        counted(layout.size());
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        counted(new_size);
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations made by `f` on this thread.
+fn allocs_in<R>(f: impl FnOnce() -> R) -> (R, u64) {
+    let before = ALLOCS.with(Cell::get);
+    COUNT_HERE.with(|c| c.set(true));
+    let r = f();
+    COUNT_HERE.with(|c| c.set(false));
+    (r, ALLOCS.with(Cell::get) - before)
+}
+
+/// Size of the last allocation counted on this thread (for the message).
+fn last_size() -> usize {
+    LAST_SIZE.with(Cell::get)
+}
+
+fn settings() -> ChannelSettings {
+    ChannelSettings {
+        transport: TransportKind::Tcp,
+        ring_bytes: 1 << 20,
+        peer_timeout_ms: 5000,
+        ..ChannelSettings::default()
+    }
+}
+
+fn params() -> HelloParams {
+    HelloParams {
+        settings_fingerprint: 0x1234,
+        ..HelloParams::default()
+    }
+}
+
+fn pair(s: &ChannelSettings) -> (Box<dyn Transport>, Box<dyn Transport>) {
+    let mut listener = transport::listen(s, "127.0.0.1:0").expect("listen");
+    let addr = listener.local_addr();
+    let s2 = s.clone();
+    let connector = thread::spawn(move || transport::connect(&s2, &addr).expect("connect"));
+    let accepted = listener
+        .accept(Duration::from_secs(5))
+        .expect("accept")
+        .expect("a connection within 5 s");
+    (connector.join().expect("connector thread"), accepted)
+}
+
+const WARM: u64 = 2_000;
+const N: u64 = 20_000;
+const LEN: usize = 200;
+
+#[test]
+fn append_and_receive_do_not_allocate_per_entry() {
+    let s = settings();
+    let (pt, bt) = pair(&s);
+    let s_b = s.clone();
+    // The backup counts its allocations once it has taken WARM entries
+    // (buffers sized by then), over the next N.
+    let backup = thread::spawn(move || -> Result<(u64, u64, usize), ChannelError> {
+        let mut b = Backup::establish(bt, &s_b, params())?;
+        let mut next = 1u64;
+        let mut steady = 0u64;
+        while !b.is_ended() {
+            let measure = next > WARM && next <= WARM + N;
+            let (r, n) = allocs_in(|| {
+                b.poll(|_, f| {
+                    assert_eq!(f.header.seq, next);
+                    assert_eq!(f.payload.len(), LEN);
+                    assert_eq!(f.payload[0], next as u8);
+                    next += 1;
+                })
+            });
+            r?;
+            if measure {
+                steady += n;
+            }
+            b.set_replayed(b.received_seq(), b.received_seq());
+        }
+        Ok((next - 1, steady, last_size()))
+    });
+    let (mut p, mut app) = Primary::establish(pt, &s, params()).expect("primary handshake");
+    let mut append_allocs = 0u64;
+    let mut ship_allocs = 0u64;
+    for seq in 1..=WARM + N {
+        loop {
+            let (r, n) = allocs_in(|| -> Result<u64, AppendError> {
+                let mut c = app.claim(Kind::Opaque, seq, LEN)?;
+                let buf = c.payload();
+                buf.fill(seq as u8);
+                Ok(c.commit())
+            });
+            if seq > WARM {
+                append_allocs += n;
+            }
+            match r {
+                Ok(got) => {
+                    assert_eq!(got, seq);
+                    break;
+                }
+                Err(AppendError::Full { .. }) => {
+                    p.poll().expect("poll while full");
+                }
+                Err(e) => panic!("append: {e}"),
+            }
+        }
+        let (r, n) = allocs_in(|| p.poll());
+        r.expect("poll");
+        if seq > WARM {
+            ship_allocs += n;
+        }
+    }
+    p.finish(Duration::from_secs(5)).expect("finish");
+    let (received, backup_allocs, backup_size) = backup.join().unwrap().expect("backup");
+    assert_eq!(received, WARM + N);
+    println!(
+        "over {N} entries: {append_allocs} allocations appending, {ship_allocs} shipping, \
+         {backup_allocs} receiving (last of {backup_size} bytes)"
+    );
+    assert_eq!(append_allocs, 0, "the append path allocated");
+    assert_eq!(ship_allocs, 0, "the primary's poll allocated");
+    assert_eq!(backup_allocs, 0, "the backup's receive allocated");
+}
