@@ -195,16 +195,17 @@ pub fn run_rounds(
 /// Whether `settings.channel.transport` can run here.
 fn available(settings: &Settings) -> Result<(), String> {
     match settings.channel.transport {
-        TransportKind::Uring => transport::uring::probe_available().map_err(|e| ftvm_channel::error_chain(&e)),
+        TransportKind::Uring => {
+            transport::uring::probe_available().map_err(|e| ftvm_channel::error_chain(&e))
+        }
         TransportKind::Shm => {
             let name = format!("ftvm-bench-probe-{}", std::process::id());
             transport::listen(&settings.channel, &name)
                 .map(drop)
                 .map_err(|e| ftvm_channel::error_chain(&e))
         }
-        TransportKind::Rdma => {
-            transport::rdma::probe_available(&settings.channel).map_err(|e| ftvm_channel::error_chain(&e))
-        }
+        TransportKind::Rdma => transport::rdma::probe_available(&settings.channel)
+            .map_err(|e| ftvm_channel::error_chain(&e)),
         TransportKind::Tcp => Ok(()),
     }
 }

@@ -9,9 +9,7 @@ use crate::transport::TransportError;
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
     /// The transport failed or the peer closed it.
-    #[error(
-        "{what} (last seq sent {last_sent}, acked {last_acked}, received {last_received})"
-    )]
+    #[error("{what} (last seq sent {last_sent}, acked {last_acked}, received {last_received})")]
     Transport {
         /// What the channel was doing.
         what: &'static str,

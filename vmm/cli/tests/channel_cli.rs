@@ -290,9 +290,18 @@ fn common_errors_say_each_cause_once() {
         l.local_addr().unwrap().to_string()
     };
     let cases: [(&[&str], &str); 3] = [
-        (&["channel", "source", "--connect", "nonsense"], "invalid socket address"),
-        (&["channel", "source", "--connect", &refused], "Connection refused"),
-        (&["channel", "sink", "--listen", &busy], "Address already in use"),
+        (
+            &["channel", "source", "--connect", "nonsense"],
+            "invalid socket address",
+        ),
+        (
+            &["channel", "source", "--connect", &refused],
+            "Connection refused",
+        ),
+        (
+            &["channel", "sink", "--listen", &busy],
+            "Address already in use",
+        ),
     ];
     for (args, cause) in cases {
         let out = ftvm().args(args).output().unwrap();

@@ -237,7 +237,11 @@ fn sigint_of_an_idle_backup_unprotects_the_primary_at_once() {
         .wait_exit(Duration::from_secs(2))
         .expect("the idle backup stops promptly on SIGINT");
     let took = t.elapsed();
-    assert!(status.success(), "{}", ftvm_testkit::checked_stderr(pair.backup.stderr()));
+    assert!(
+        status.success(),
+        "{}",
+        ftvm_testkit::checked_stderr(pair.backup.stderr())
+    );
     let err = ftvm_testkit::checked_stderr(pair.backup.stderr());
     assert!(err.contains("stopped on request"), "{err}");
     let v = pair

@@ -136,8 +136,8 @@ impl LocalPair {
                 connect,
                 wrap,
             } => {
-                let mut listener =
-                    transport::listen(&settings.channel, &listen).map_err(|e| ftvm_vmm::error_chain(&e))?;
+                let mut listener = transport::listen(&settings.channel, &listen)
+                    .map_err(|e| ftvm_vmm::error_chain(&e))?;
                 let bound = listener.local_addr();
                 let sb = settings.clone();
                 let bconsole = Arc::new(Mutex::new(Vec::new()));

@@ -288,7 +288,9 @@ impl LogSink for ChannelSink {
     /// last ACK, says goodbye, releases what is held).
     fn flush(&mut self) -> Result<(), LogSinkError> {
         match &mut self.drive {
-            Drive::Inline(d) => d.finish().map_err(|e| LogSinkError::Closed(ftvm_vmm::error_chain(&e))),
+            Drive::Inline(d) => d
+                .finish()
+                .map_err(|e| LogSinkError::Closed(ftvm_vmm::error_chain(&e))),
             Drive::Threaded(t) => {
                 t.finish.store(true, Ordering::Release);
                 t.join()
