@@ -593,11 +593,12 @@ pub static KEYS: &[KeySpec] = &[
         false
     ),
     key_at!(rdma.completion_ack @ channel.rdma.completion_ack, Kind::Bool, "-", false),
+    // The VM's own bounds (the guest layout needs them), so `--set` says them.
     key!(
         vmm.mem_mib,
         Kind::Int {
-            min: 16,
-            max: 16_384
+            min: ftvm_guest_abi::MIN_MEM_MIB as i64,
+            max: ftvm_guest_abi::MAX_MEM_MIB as i64
         },
         "MiB",
         true

@@ -362,7 +362,7 @@ fn value_errors_name_key_value_and_what_is_allowed() {
         ),
         (
             "mem_mib=",
-            "--set vmm.mem_mib=: expected an integer in 16..=16384, found \"\"",
+            "--set vmm.mem_mib=: expected an integer in 48..=3072, found \"\"",
         ),
         (
             "channel.batchbytes=1",
@@ -428,7 +428,7 @@ fn profile_errors_name_origin_key_and_value() {
         ),
         (
             "[vmm]\nmem_mib = [1, 2]\n",
-            "profile test: vmm.mem_mib: expected an integer in 16..=16384, found array [1, 2]",
+            "profile test: vmm.mem_mib: expected an integer in 48..=3072, found array [1, 2]",
         ),
         (
             "[vmm]\nguest_cpl = 2\n",

@@ -20,7 +20,7 @@ pub struct ClientArgs {
     #[arg(long, global = true, default_value_t = 200)]
     timeout_ms: u64,
     /// Sends per request before giving up.
-    #[arg(long, global = true, default_value_t = 25)]
+    #[arg(long, global = true, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..))]
     attempts: u32,
     /// Client id for single requests (default: derived from the time and pid).
     #[arg(long)]
@@ -131,6 +131,17 @@ pub fn run(args: ClientArgs, _settings: &Settings) -> anyhow::Result<()> {
         if reply.attempts == 1 { "" } else { "s" },
         String::from_utf8_lossy(&reply.value),
     );
+    // The server refused the request: say so in the exit status too.
+    if matches!(
+        reply.status,
+        ftvm_kvproto::Status::Full | ftvm_kvproto::Status::BadRequest
+    ) {
+        anyhow::bail!(
+            "{} refused by the server: {}",
+            op.name(),
+            reply.status.name()
+        );
+    }
     Ok(())
 }
 

@@ -2,7 +2,6 @@
 //! log offline and verify every checkpoint. Both end with the line
 //! `state digest <hex> at exit <n>`.
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -28,9 +27,9 @@ pub struct PrimaryArgs {
     /// Embedded guest to run (hello, ticker, kv, echo, dns).
     #[arg(long)]
     guest: String,
-    /// UDP address the guest's NIC serves on.
-    #[arg(long)]
-    service: Option<SocketAddr>,
+    /// UDP address the guest's NIC serves on (`host:port`; a name is resolved).
+    #[arg(long, value_name = "HOST:PORT")]
+    service: Option<String>,
     /// Record the log into FILE (record mode); without it, live mode.
     #[arg(long, value_name = "FILE")]
     record_log: Option<PathBuf>,
@@ -92,6 +91,9 @@ fn primary(a: PrimaryArgs, settings: &Settings) -> anyhow::Result<()> {
     c.disk = a.disk;
     c.max_exits = a.max_exits;
     c.stop = stop_on_signals()?;
+    let service = (a.service.as_deref())
+        .map(|addr| crate::ft_cmd::resolve_service("--service", addr))
+        .transpose()?;
     let floating = match (&a.pair.service_ip, &a.pair.service_dev) {
         (Some(ip), Some(dev)) => {
             let f = ftvm_ft::FloatingIp::parse(ip, dev)?;
@@ -105,7 +107,7 @@ fn primary(a: PrimaryArgs, settings: &Settings) -> anyhow::Result<()> {
     // Bind the service before anything else: a busy address fails here, and
     // requests that arrive while the pair forms wait in the socket's buffer
     // (a primary that says "protected" is also already reachable).
-    if let Some(addr) = a.service {
+    if let Some(addr) = service {
         c.devices
             .push(Box::new(ftvm_vmm::devices::net::Nic::new(addr)?));
     }
@@ -119,7 +121,7 @@ fn primary(a: PrimaryArgs, settings: &Settings) -> anyhow::Result<()> {
             a.record_log.as_deref(),
             &a.pair,
             floating.as_ref(),
-            a.service,
+            service,
         )?;
         report(&outcome);
         return finish(outcome);
