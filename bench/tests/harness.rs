@@ -33,18 +33,12 @@ fn every_scenario_runs_and_the_report_has_every_field() {
         .unwrap();
 
     let uring_skipped = report.skipped.iter().any(|s| s.starts_with("uring:"));
-    if uring_skipped {
-        let required = std::env::var("FTVM_REQUIRE").unwrap_or_default();
-        assert!(
-            !required.split([',', ' ']).any(|r| r == "uring"),
-            "FTVM_REQUIRE contains uring but: {:?}",
-            report.skipped
-        );
-        println!(
-            "SKIP uring part of every_scenario_runs...: {:?}",
-            report.skipped
-        );
-    }
+    ftvm_testkit::require_or_skip("every_scenario_runs (uring part)", "uring", || {
+        match uring_skipped {
+            true => Err(format!("{:?}", report.skipped)),
+            false => Ok(()),
+        }
+    });
     let transports: &[&str] = if uring_skipped {
         &["tcp"]
     } else {

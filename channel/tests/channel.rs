@@ -148,9 +148,13 @@ fn shm_delivery_and_output_rule() {
 #[test]
 fn threaded_mode_delivers_in_order() {
     let mut kinds = vec![TransportKind::Tcp, TransportKind::Shm];
-    match transport::uring::probe_available() {
-        Ok(()) => kinds.push(TransportKind::Uring),
-        Err(why) => println!("SKIP threaded_mode_delivers_in_order (uring part): {why}"),
+    let uring = || transport::uring::probe_available().map_err(|e| ftvm_channel::error_chain(&e));
+    if ftvm_testkit::require_or_skip(
+        "threaded_mode_delivers_in_order (uring part)",
+        "uring",
+        uring,
+    ) {
+        kinds.push(TransportKind::Uring);
     }
     for kind in kinds {
         // tcp: handshake here, then move the end to its thread (`spawn`);
@@ -342,7 +346,7 @@ fn corrupt_frames_stop_the_backup_naming_reason_and_seq() {
     bad[42] ^= 0x10;
     let (e, got) = backup_against_raw_peer([good.clone(), bad, entry(4, b"four")].concat());
     assert_eq!(got, vec![1, 2]);
-    let msg = e.to_string();
+    let msg = ftvm_channel::error_chain(&e);
     assert!(
         msg.contains("CRC mismatch") && msg.contains("expected seq 3") && msg.contains("(seq 3)"),
         "{msg}"
@@ -353,19 +357,25 @@ fn corrupt_frames_stop_the_backup_naming_reason_and_seq() {
     bad[12] = 9;
     let (e, got) = backup_against_raw_peer([good.clone(), bad].concat());
     assert_eq!(got, vec![1, 2]);
-    assert!(e.to_string().contains("unknown format version 9"), "{e}");
+    assert!(
+        ftvm_channel::error_chain(&e).contains("unknown format version 9"),
+        "{e}"
+    );
 
     // Oversized length word: rejected without waiting for 2 GB.
     let mut bad = entry(3, b"three");
     bad[0..4].copy_from_slice(&(64u32 << 20).to_le_bytes());
     let (e, _) = backup_against_raw_peer([good.clone(), bad].concat());
-    assert!(e.to_string().contains("bad frame length 67108864"), "{e}");
+    assert!(
+        ftvm_channel::error_chain(&e).contains("bad frame length 67108864"),
+        "{e}"
+    );
 
     // Truncated, then the connection ends.
     let bad = entry(3, b"three and more");
     let (e, got) = backup_against_raw_peer([good.clone(), bad[..30].to_vec()].concat());
     assert_eq!(got, vec![1, 2]);
-    let msg = e.to_string();
+    let msg = ftvm_channel::error_chain(&e);
     assert!(
         msg.contains("truncated") && msg.contains("expected seq 3"),
         "{msg}"
@@ -374,7 +384,10 @@ fn corrupt_frames_stop_the_backup_naming_reason_and_seq() {
     // A gap in sequence.
     let (e, got) = backup_against_raw_peer([good.clone(), entry(5, b"five")].concat());
     assert_eq!(got, vec![1, 2]);
-    assert!(e.to_string().contains("expected seq 3, found 5"), "{e}");
+    assert!(
+        ftvm_channel::error_chain(&e).contains("expected seq 3, found 5"),
+        "{e}"
+    );
 
     // Garbage that is not a frame at all.
     let (e, got) = backup_against_raw_peer([good, vec![0xff; 64]].concat());
@@ -451,7 +464,10 @@ fn silent_peer_is_reported_lost() {
             took <= Duration::from_millis(300 + 50 + 150),
             "{kind:?}: reported after {took:?}"
         );
-        assert!(err.to_string().contains("silent for"), "{err}");
+        assert!(
+            ftvm_channel::error_chain(&err).contains("silent for"),
+            "{err}"
+        );
     }
 }
 
@@ -468,5 +484,8 @@ fn handshake_times_out_on_a_mute_peer() {
     let t = transport::connect(&s, &addr).unwrap();
     let _conn = l.accept().unwrap();
     let err = Primary::establish(t, &s, params()).map(|_| ()).unwrap_err();
-    assert!(err.to_string().contains("no hello within 200 ms"), "{err}");
+    assert!(
+        ftvm_channel::error_chain(&err).contains("no hello within 200 ms"),
+        "{err}"
+    );
 }

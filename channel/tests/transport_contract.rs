@@ -55,18 +55,7 @@ fn available(kind: TransportKind) -> Result<(), String> {
 /// Returns false (after printing SKIP) when the check must not run; panics
 /// instead when `FTVM_REQUIRE` names the missing resource.
 fn runnable(kind: TransportKind, test: &str) -> bool {
-    let Err(reason) = available(kind) else {
-        return true;
-    };
-    let required = std::env::var("FTVM_REQUIRE").unwrap_or_default();
-    if required.split([',', ' ']).any(|r| r == kind.name()) {
-        panic!(
-            "{test}: FTVM_REQUIRE contains {} but: {reason}",
-            kind.name()
-        );
-    }
-    println!("SKIP {test}: {reason}");
-    false
+    ftvm_testkit::require_or_skip(test, kind.name(), || available(kind))
 }
 
 /// A connected pair: `a` connected, `b` accepted.

@@ -115,14 +115,8 @@ fn uring_pair_replays_ten_thousand_ops_to_the_same_digest() {
     if !kvm_or_skip(test) {
         return;
     }
-    if let Err(why) = ftvm_channel::transport::uring::probe_available() {
-        let required =
-            std::env::var("FTVM_REQUIRE").is_ok_and(|v| v.split(',').any(|r| r == "uring"));
-        assert!(
-            !required,
-            "{test}: io_uring required (FTVM_REQUIRE) but unavailable: {why}"
-        );
-        println!("SKIP {test}: {why}");
+    let uring = || ftvm_channel::transport::uring::probe_available().map_err(|e| e.to_string());
+    if !ftvm_testkit::require_or_skip(test, "uring", uring) {
         return;
     }
     pair_replays_to_the_same_digest(TransportKind::Uring, "127.0.0.1:0");

@@ -772,18 +772,9 @@ mod tests {
 
     /// Probes io_uring; prints SKIP (or fails under FTVM_REQUIRE=uring).
     fn uring_here(test: &str) -> bool {
-        match probe_available() {
-            Ok(()) => true,
-            Err(e) => {
-                let required = std::env::var("FTVM_REQUIRE").unwrap_or_default();
-                assert!(
-                    !required.split([',', ' ']).any(|r| r == "uring"),
-                    "{test}: FTVM_REQUIRE contains uring but: {e}"
-                );
-                println!("SKIP {test}: {e}");
-                false
-            }
-        }
+        ftvm_testkit::require_or_skip(test, "uring", || {
+            probe_available().map_err(|e| e.to_string())
+        })
     }
 
     fn pair(settings: &ChannelSettings) -> (UringTransport, UringTransport) {

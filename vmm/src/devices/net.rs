@@ -626,7 +626,7 @@ mod tests {
         assert_eq!(nic.wait_fd(), None);
         let mut buf = vec![0; 16];
         let e = collect_batch(None, &mut buf, &NicStats::default(), 4, 0, &mut Vec::new());
-        assert!(e.unwrap_err().to_string().contains("replay-only"));
+        assert!(crate::error_chain(&e.unwrap_err()).contains("replay-only"));
     }
 
     /// Device-level record → replay without KVM: two datagrams delivered at
