@@ -9,8 +9,7 @@ use std::cell::Cell;
 use std::thread;
 use std::time::Duration;
 
-use ftvm_channel::transport::{self, Transport};
-use ftvm_channel::{AppendError, Backup, ChannelError, HelloParams, Primary};
+use ftvm_channel::{AppendError, Backup, ChannelError, Primary};
 use ftvm_tuning::{ChannelSettings, TransportKind};
 use ftvm_wire::Kind;
 
@@ -71,32 +70,11 @@ fn last_size() -> usize {
     LAST_SIZE.with(Cell::get)
 }
 
+mod common;
+use common::{pair, params};
+
 fn settings() -> ChannelSettings {
-    ChannelSettings {
-        transport: TransportKind::Tcp,
-        ring_bytes: 1 << 20,
-        peer_timeout_ms: 5000,
-        ..ChannelSettings::default()
-    }
-}
-
-fn params() -> HelloParams {
-    HelloParams {
-        settings_fingerprint: 0x1234,
-        ..HelloParams::default()
-    }
-}
-
-fn pair(s: &ChannelSettings) -> (Box<dyn Transport>, Box<dyn Transport>) {
-    let mut listener = transport::listen(s, "127.0.0.1:0").expect("listen");
-    let addr = listener.local_addr();
-    let s2 = s.clone();
-    let connector = thread::spawn(move || transport::connect(&s2, &addr).expect("connect"));
-    let accepted = listener
-        .accept(Duration::from_secs(5))
-        .expect("accept")
-        .expect("a connection within 5 s");
-    (connector.join().expect("connector thread"), accepted)
+    common::settings(TransportKind::Tcp)
 }
 
 const WARM: u64 = 2_000;

@@ -9,51 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ftvm_channel::transport::{self, Transport};
+use ftvm_channel::transport;
 use ftvm_channel::{AckGate, AppendError, Backup, ChannelError, HelloParams, Primary};
 use ftvm_tuning::{ChannelSettings, TransportKind};
 use ftvm_wire::control::{Control, Hello, Role};
 use ftvm_wire::{Header, Kind, Reason, VERSION, encode, frame_len};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-fn settings(kind: TransportKind) -> ChannelSettings {
-    ChannelSettings {
-        transport: kind,
-        ring_bytes: 1 << 20,
-        peer_timeout_ms: 5000,
-        ..ChannelSettings::default()
-    }
-}
-
-fn params() -> HelloParams {
-    HelloParams {
-        settings_fingerprint: 0x1234,
-        ..HelloParams::default()
-    }
-}
-
-static NEXT: AtomicU64 = AtomicU64::new(0);
-
-/// A connected (primary-side, backup-side) transport pair.
-fn pair(s: &ChannelSettings) -> (Box<dyn Transport>, Box<dyn Transport>) {
-    let addr = match s.transport {
-        TransportKind::Shm => format!(
-            "test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ),
-        _ => "127.0.0.1:0".to_string(),
-    };
-    let mut listener = transport::listen(s, &addr).expect("listen");
-    let addr = listener.local_addr();
-    let s2 = s.clone();
-    let connector = thread::spawn(move || transport::connect(&s2, &addr).expect("connect"));
-    let accepted = listener
-        .accept(Duration::from_secs(5))
-        .expect("accept")
-        .expect("a connection within 5 s");
-    (connector.join().expect("connector thread"), accepted)
-}
+mod common;
+use common::{pair, params, settings};
 
 fn payload_for(seq: u64, len: usize) -> Vec<u8> {
     (0..len).map(|i| (seq as usize * 31 + i) as u8).collect()

@@ -5,7 +5,6 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ftvm_channel::transport::{self, Transport};
 use ftvm_channel::{AckGate, AppendError, Backup, ChannelError, HelloParams, Primary};
 use ftvm_tuning::{ChannelSettings, RdmaNic, TransportKind};
 use ftvm_wire::Kind;
@@ -30,17 +29,8 @@ fn params() -> HelloParams {
     }
 }
 
-fn pair(s: &ChannelSettings) -> (Box<dyn Transport>, Box<dyn Transport>) {
-    let mut listener = transport::listen(s, "127.0.0.1:0").expect("listen");
-    let addr = listener.local_addr();
-    let s2 = s.clone();
-    let connector = thread::spawn(move || transport::connect(&s2, &addr).expect("connect"));
-    let accepted = listener
-        .accept(Duration::from_secs(5))
-        .expect("accept")
-        .expect("a connection within 5 s");
-    (connector.join().expect("connector thread"), accepted)
-}
+mod common;
+use common::pair;
 
 fn payload(seq: u64) -> Vec<u8> {
     (0..(seq % 200) as usize)

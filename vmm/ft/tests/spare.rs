@@ -25,6 +25,34 @@ fn kv_config() -> (VmConfig, Arc<Mutex<Vec<u8>>>) {
     (c, console)
 }
 
+/// A kv VM running unlogged on its own thread, serving.
+struct LiveKv {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    control: ftvm_vmm::VmControl,
+    live: std::thread::JoinHandle<Result<ftvm_vmm::RunOutcome, String>>,
+}
+
+fn start_live_kv() -> LiveKv {
+    let (c, console) = kv_config();
+    let stop = c.stop.clone();
+    let vm = Vm::new(c, RunMode::Live).expect("live VM");
+    let control = vm.control();
+    let live = std::thread::spawn(move || {
+        let mut vm = vm;
+        vm.run().map_err(|e| ftvm_vmm::error_chain(&e))
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(&console.lock().unwrap()).contains("kv: serving") {
+        assert!(Instant::now() < deadline, "kv did not start");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    LiveKv {
+        stop,
+        control,
+        live,
+    }
+}
+
 /// `stream` re-written with the End record's state digest changed (CRCs
 /// recomputed: only the digest check sees it).
 fn with_other_join_digest(stream: &[u8]) -> Vec<u8> {
@@ -51,19 +79,11 @@ fn a_spare_refuses_bad_streams_by_name_and_takes_the_next_good_one() {
         return;
     }
     // The live side: a kv VM running unlogged; its state at an exit boundary.
-    let (c, console) = kv_config();
-    let stop = c.stop.clone();
-    let vm = Vm::new(c, RunMode::Live).expect("sender VM");
-    let control = vm.control();
-    let live = std::thread::spawn(move || {
-        let mut vm = vm;
-        vm.run().map_err(|e| ftvm_vmm::error_chain(&e))
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !String::from_utf8_lossy(&console.lock().unwrap()).contains("kv: serving") {
-        assert!(Instant::now() < deadline, "kv did not start");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let LiveKv {
+        stop,
+        control,
+        live,
+    } = start_live_kv();
     let snap = control
         .call_at_next_exit(|b| b.snapshot())
         .wait(Duration::from_secs(10))
@@ -164,19 +184,11 @@ fn the_live_side_skips_a_dead_and_a_cut_spare_and_joins_the_next() {
     if !ftvm_vmm::kvm_or_skip("the_live_side_skips_a_dead_and_a_cut_spare_and_joins_the_next") {
         return;
     }
-    let (c, console) = kv_config();
-    let stop = c.stop.clone();
-    let vm = Vm::new(c, RunMode::Live).expect("live VM");
-    let control = vm.control();
-    let live = std::thread::spawn(move || {
-        let mut vm = vm;
-        vm.run().map_err(|e| ftvm_vmm::error_chain(&e))
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !String::from_utf8_lossy(&console.lock().unwrap()).contains("kv: serving") {
-        assert!(Instant::now() < deadline, "kv did not start");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let LiveKv {
+        stop,
+        control,
+        live,
+    } = start_live_kv();
 
     // A port nobody listens on.
     let dead = TcpListener::bind("127.0.0.1:0").unwrap();
