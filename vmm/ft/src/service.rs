@@ -118,19 +118,49 @@ impl FloatingIp {
         }
     }
 
-    /// Tells the neighbours that the address lives here now (gratuitous
-    /// ARP, twice). IPv6 neighbours learn it from the next exchange.
+    /// Tells the neighbours that the address lives here now: gratuitous
+    /// ARP, three times 200 ms apart (IPv6 neighbours learn it from the next
+    /// exchange). Returns once `arping` is started — the first announcement
+    /// leaves at once, and the service is not held back while the rest go
+    /// out; a thread reaps it and says if it failed.
     pub fn announce(&self) -> Result<(), ServiceError> {
         if self.ip.is_ipv6() {
             return Ok(());
         }
         let ip = self.ip.to_string();
-        run(
-            "announcing the floating service address (gratuitous ARP)",
-            "arping",
-            &["-U", "-c", "2", "-w", "1", "-I", &self.dev, &ip],
-        )
-        .map(|_| ())
+        let what = "announcing the floating service address (gratuitous ARP)";
+        let args = [
+            "-U", "-c", "3", "-i", "0.2", "-w", "2", "-I", &self.dev, &ip,
+        ];
+        let command = format!("arping {}", args.join(" "));
+        let child = Command::new("arping")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| ServiceError::Command {
+                what: what.to_string(),
+                command: command.clone(),
+                outcome: format!("did not run: {e}"),
+            })?;
+        let reap = move || match child.wait_with_output() {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "ftvm: {what}: `{command}` failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => eprintln!("ftvm: {what}: `{command}`: {e}"),
+        };
+        std::thread::Builder::new()
+            .name("ftvm-arping".into())
+            .spawn(reap)
+            .map(|_| ())
+            .map_err(|e| ServiceError::Command {
+                what: what.to_string(),
+                command: "a thread to reap arping".into(),
+                outcome: format!("did not start: {e}"),
+            })
     }
 
     /// Removes the address from the device (absent counts as done).
