@@ -16,9 +16,12 @@
 //! }
 //! ```
 //!
-//! Services: [`etcd::Etcd`] runs a real etcd for a test.
+//! Services: [`etcd::Etcd`] runs a real etcd for a test; [`netns::Rack`] makes
+//! hosts in network namespaces.
 
 pub mod etcd;
+
+pub mod netns;
 
 pub mod proxy;
 

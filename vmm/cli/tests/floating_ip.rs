@@ -5,7 +5,9 @@
 //! it with gratuitous ARP, and the client — which knows only that one
 //! address — is served on without losing an acknowledged write.
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
+
+use ftvm_testkit::netns::{self, Rack};
 use std::time::{Duration, Instant};
 
 const NET: &str = "10.77.0";
@@ -15,15 +17,11 @@ fn ftvm() -> &'static str {
     env!("CARGO_BIN_EXE_ftvm")
 }
 
-fn run(args: &[&str]) -> Output {
-    Command::new(args[0])
+fn ok(args: &[&str]) -> String {
+    let out = Command::new(args[0])
         .args(&args[1..])
         .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
     assert!(
         out.status.success(),
         "{args:?}: {}",
@@ -32,95 +30,15 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The namespaces of one test; deleted on drop (with their veths and bridge).
-struct Net {
-    tag: String,
-}
-
-impl Net {
-    fn ns(&self, host: &str) -> String {
-        format!("ftvm{host}{}", self.tag)
-    }
-
-    fn make() -> Result<Net, String> {
-        let tag = format!("{}", std::process::id() % 100_000);
-        let net = Net { tag };
-        for h in ["s", "c", "a", "b"] {
-            let out = run(&["ip", "netns", "add", &net.ns(h)]);
-            if !out.status.success() {
-                return Err(format!(
-                    "cannot make network namespaces: {}",
-                    ftvm_testkit::checked_stderr(&out.stderr).trim()
-                ));
-            }
-        }
-        let s = net.ns("s");
-        ok(&["ip", "-n", &s, "link", "add", "br0", "type", "bridge"]);
-        ok(&["ip", "-n", &s, "link", "set", "br0", "up"]);
-        for (h, ip) in [("c", 10), ("a", 1), ("b", 2)] {
-            let ns = net.ns(h);
-            let (inner, outer) = (format!("{h}0"), format!("{h}s"));
-            ok(&[
-                "ip", "-n", &s, "link", "add", &outer, "type", "veth", "peer", "name", &inner,
-                "netns", &ns,
-            ]);
-            ok(&["ip", "-n", &s, "link", "set", &outer, "master", "br0", "up"]);
-            ok(&[
-                "ip",
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{NET}.{ip}/24"),
-                "dev",
-                &inner,
-            ]);
-            ok(&["ip", "-n", &ns, "link", "set", &inner, "up"]);
-            ok(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        }
-        Ok(net)
-    }
-
-    fn exec(&self, host: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns(host)]).args(args);
-        c
-    }
-
-    fn has_floating(&self, host: &str) -> bool {
-        let out = ok(&["ip", "-n", &self.ns(host), "-4", "addr", "show"]);
-        out.contains(&format!("{FLOATING}/"))
-    }
-
-    fn status(&self, host: &str, addr: &str) -> serde_json::Value {
-        let out = self.exec(host, &[ftvm(), "status", addr]).output().unwrap();
-        serde_json::from_slice(&out.stdout).unwrap_or_default()
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for h in ["c", "a", "b", "s"] {
-            let _ = run(&["ip", "netns", "del", &self.ns(h)]);
-        }
-    }
+fn status(rack: &Rack, host: &str, addr: &str) -> serde_json::Value {
+    let out = rack.exec(host, &[ftvm(), "status", addr]).output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
 }
 
 fn probe() -> Result<(), String> {
-    ftvm_testkit::command_on_path("ip")?;
     ftvm_testkit::command_on_path("arping")
         .map_err(|e| format!("{e} (apt install iputils-arping)"))?;
-    // Make (and drop) one namespace to see that this process may.
-    let name = format!("ftvmprobe{}", std::process::id() % 100_000);
-    let out = run(&["ip", "netns", "add", &name]);
-    if !out.status.success() {
-        return Err(format!(
-            "network namespaces cannot be made here: {}",
-            ftvm_testkit::checked_stderr(&out.stderr).trim()
-        ));
-    }
-    let _ = run(&["ip", "netns", "del", &name]);
-    Ok(())
+    netns::probe()
 }
 
 fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
@@ -142,7 +60,7 @@ fn the_floating_service_ip_moves_to_the_backup_and_the_client_is_served_on() {
     if !ftvm_vmm::kvm_or_skip(test) || !ftvm_testkit::require_or_skip(test, "netns", probe) {
         return;
     }
-    let net = Net::make().expect("namespaces");
+    let net = Rack::make(NET, &[("c", 10), ("a", 1), ("b", 2)]).expect("namespaces");
     let dir = std::env::temp_dir().join(format!("ftvm-floating-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -185,7 +103,7 @@ fn the_floating_service_ip_moves_to_the_backup_and_the_client_is_served_on() {
         .spawn()
         .unwrap();
     wait_until(Duration::from_secs(10), "the backup listening", || {
-        net.status("b", &b_status)["phase"] == "waiting"
+        status(&net, "b", &b_status)["phase"] == "waiting"
     });
     let mut primary = net
         .exec(
@@ -218,9 +136,9 @@ fn the_floating_service_ip_moves_to_the_backup_and_the_client_is_served_on() {
         .spawn()
         .unwrap();
     wait_until(Duration::from_secs(10), "the pair protected", || {
-        net.status("a", &a_status)["protection"] == "protected"
+        status(&net, "a", &a_status)["protection"] == "protected"
     });
-    assert!(net.has_floating("a") && !net.has_floating("b"));
+    assert!(net.has_addr("a", FLOATING) && !net.has_addr("b", FLOATING));
     // The client knows one address only.
     let load = net
         .exec(
@@ -250,12 +168,12 @@ fn the_floating_service_ip_moves_to_the_backup_and_the_client_is_served_on() {
     // Host-a fails: its process dies and its link goes down.
     primary.kill().unwrap();
     let _ = primary.wait();
-    ok(&["ip", "-n", &net.ns("a"), "link", "set", "a0", "down"]);
+    net.cut("a").unwrap();
     wait_until(Duration::from_secs(10), "the backup live", || {
-        net.status("b", &b_status)["phase"] == "live"
+        status(&net, "b", &b_status)["phase"] == "live"
     });
     assert!(
-        net.has_floating("b"),
+        net.has_addr("b", FLOATING),
         "the backup took the floating address"
     );
     let out = load.wait_with_output().unwrap();
@@ -275,7 +193,7 @@ fn the_floating_service_ip_moves_to_the_backup_and_the_client_is_served_on() {
     let err = stderr_of(backup);
     assert!(err.contains("LIVE at generation 2"), "{err}");
     assert!(
-        !net.has_floating("b"),
+        !net.has_addr("b", FLOATING),
         "a stopped side removes the address: {err}"
     );
     let _ = std::fs::remove_dir_all(dir);

@@ -122,6 +122,10 @@ pub struct DnsperfReport {
     pub rcodes: Vec<(String, u64)>,
     /// Per-query latencies in ns (empty without `-v`).
     pub latency_ns: Histogram<u64>,
+    /// Responses whose id matched no outstanding query (dnsperf's "unexpected
+    /// id" warnings): late replies to queries already counted lost, or
+    /// replies that came twice.
+    pub unexpected: u64,
 }
 
 impl DnsperfReport {
@@ -187,9 +191,15 @@ pub fn probe() -> Result<(), String> {
 
 /// Runs dnsperf with `cfg` and reads its report.
 pub fn run(cfg: &DnsperfConfig) -> Result<DnsperfReport, DnsperfError> {
+    run_via(&[], cfg)
+}
+
+/// [`run`] through `launcher` (see [`crate::tools::command`]), e.g. in a
+/// network namespace.
+pub fn run_via(launcher: &[&str], cfg: &DnsperfConfig) -> Result<DnsperfReport, DnsperfError> {
     let args = cfg.args();
     let joined = args.join(" ");
-    let out = Command::new("dnsperf")
+    let out = crate::tools::command(launcher, "dnsperf")
         .args(&args)
         .output()
         .map_err(|source| DnsperfError::Spawn {
@@ -203,7 +213,14 @@ pub fn run(cfg: &DnsperfConfig) -> Result<DnsperfReport, DnsperfError> {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         });
     }
-    parse(&String::from_utf8_lossy(&out.stdout))
+    let mut report = parse(&String::from_utf8_lossy(&out.stdout))?;
+    // dnsperf warns on standard error.
+    report.unexpected += unexpected_ids(&String::from_utf8_lossy(&out.stderr));
+    Ok(report)
+}
+
+fn unexpected_ids(out: &str) -> u64 {
+    out.lines().filter(|l| l.contains("unexpected")).count() as u64
 }
 
 /// The rest of the first line starting with one of `names` (queries and
@@ -261,6 +278,7 @@ pub fn parse(out: &str) -> Result<DnsperfReport, DnsperfError> {
         avg_latency_s,
         rcodes,
         latency_ns,
+        unexpected: unexpected_ids(out),
     })
 }
 

@@ -19,9 +19,32 @@ pub struct Nsupdate {
     pub stderr: String,
 }
 
+/// `program` run through `launcher` (e.g. `["ip", "netns", "exec", "ns1"]`
+/// to run it in a network namespace), or directly when `launcher` is empty.
+pub fn command(launcher: &[&str], program: &str) -> Command {
+    match launcher.split_first() {
+        None => Command::new(program),
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+    }
+}
+
 /// `dig @ip -p port +tries=1 +time=T ARGS`; its standard output.
 pub fn dig(server: SocketAddr, timeout_s: u32, args: &[&str]) -> std::io::Result<String> {
-    let out = Command::new("dig")
+    dig_via(&[], server, timeout_s, args)
+}
+
+/// [`dig`] through `launcher` (see [`command`]).
+pub fn dig_via(
+    launcher: &[&str],
+    server: SocketAddr,
+    timeout_s: u32,
+    args: &[&str],
+) -> std::io::Result<String> {
+    let out = command(launcher, "dig")
         .arg(std::format!("@{}", server.ip()))
         .args(["-p", &server.port().to_string(), "+tries=1"])
         .arg(std::format!("+time={timeout_s}"))
@@ -32,7 +55,20 @@ pub fn dig(server: SocketAddr, timeout_s: u32, args: &[&str]) -> std::io::Result
 
 /// Runs `nsupdate` on `script`, after a first line `server ip port`.
 pub fn nsupdate(server: SocketAddr, script: &str) -> std::io::Result<Nsupdate> {
-    let mut child = Command::new("nsupdate")
+    nsupdate_via(&[], &[], server, script)
+}
+
+/// [`nsupdate`] through `launcher` (see [`command`]) with `options` (e.g.
+/// `-u 1 -r 10`: retry every second, ten times — each retry is the same
+/// message, same id, same source port).
+pub fn nsupdate_via(
+    launcher: &[&str],
+    options: &[&str],
+    server: SocketAddr,
+    script: &str,
+) -> std::io::Result<Nsupdate> {
+    let mut child = command(launcher, "nsupdate")
+        .args(options)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
