@@ -1,7 +1,7 @@
 //! The producer side of the log: the vCPU thread appends entries to the log
 //! ring in place (claim, write, seal, commit) and gets their sequence numbers.
 
-use ftvm_ring::log::{Claim, ClaimError, Producer};
+use ftvm_ring::log::{Claim, ClaimError, Consumer, Producer};
 use ftvm_wire::{HEADER_LEN, Header, Kind, MAX_PAYLOAD_LEN, frame_len, seal};
 
 /// Why an entry was not appended. `Full` is flow control, not a failure:
@@ -54,6 +54,14 @@ impl Appender {
             producer,
             next_seq: first_seq,
         }
+    }
+
+    /// A log ring of `capacity` bytes with no backup yet: the appender (first
+    /// seq 1) and the consumer a [`crate::Primary::establish_on`] ships from
+    /// once a backup joins (until then, whoever holds it drains it).
+    pub fn unshipped(capacity: usize) -> Result<(Appender, Consumer), crate::ChannelError> {
+        let (producer, consumer) = ftvm_ring::log::with_capacity(capacity)?;
+        Ok((Appender::new(producer, 1), consumer))
     }
 
     /// Sequence number the next entry will get.

@@ -149,17 +149,32 @@ impl Primary {
         params: HelloParams,
         consumer: Consumer,
     ) -> Result<Primary, ChannelError> {
+        Primary::join(transport, settings, params, consumer).map_err(|b| b.0)
+    }
+
+    /// [`Primary::establish_on`] that gives the consumer back when the
+    /// handshake fails, so that the log goes on (a spare that died while
+    /// joining).
+    pub fn join(
+        transport: Box<dyn Transport>,
+        settings: &ChannelSettings,
+        params: HelloParams,
+        consumer: Consumer,
+    ) -> Result<Primary, Box<(ChannelError, Consumer)>> {
         let first_seq = params.next_seq.max(1);
         let mut link = Link::new(transport);
         let timeout = Duration::from_millis(settings.peer_timeout_ms);
-        let peer = link.handshake(
+        let peer = match link.handshake(
             Role::Primary,
             HelloParams {
                 next_seq: first_seq,
                 ..params
             },
             timeout,
-        )?;
+        ) {
+            Ok(p) => p,
+            Err(e) => return Err(Box::new((e, consumer))),
+        };
         let now = Instant::now();
         let delivery = link.t.delivered().map(|_| VecDeque::new());
         Ok(Primary {

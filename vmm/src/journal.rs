@@ -224,6 +224,23 @@ impl Journal {
         self.standby.plan = Some(plan);
     }
 
+    /// A replaying journal takes its real source, gate and failover plan
+    /// (a spare after its state transfer: `Vm::attach_replay`).
+    pub(crate) fn attach(
+        &mut self,
+        source: Box<dyn LogSource>,
+        gate: Box<dyn OutputGate>,
+        plan: Option<Box<dyn Failover>>,
+    ) {
+        self.backend = Backend::Replay {
+            source,
+            ahead: None,
+            ended: false,
+        };
+        self.gate = gate;
+        self.standby.plan = plan;
+    }
+
     /// Failover: the same engine continuing in live mode (`sink = None`) or
     /// recording into `sink`, with `gate` from now on if given (the counters
     /// carry over).
@@ -488,8 +505,14 @@ impl Journal {
     }
 
     /// Replay: true once the log has ended and every entry was consumed.
+    /// False when the wait for the next entry ended in going live (the
+    /// primary was lost before it sent any entry: the VM runs on).
     pub(crate) fn log_drained(&mut self) -> Result<bool, LogError> {
-        Ok(self.mode() == Mode::Replay && self.peek()?.is_none())
+        if self.mode() != Mode::Replay {
+            return Ok(false);
+        }
+        let ended = self.peek()?.is_none();
+        Ok(ended && self.mode() == Mode::Replay)
     }
 
     pub(crate) fn gate(&mut self, seq: Option<u64>, kind: Kind, release: Release) {

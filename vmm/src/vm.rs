@@ -861,6 +861,30 @@ impl Vm {
         Ok(())
     }
 
+    /// A spare that received a live side's state (`crate::transfer::receive`)
+    /// becomes its backup: replay from `source` (the live side's log from the
+    /// join exit on), outputs through `gate`, `failover` when that log ends.
+    /// Needs a VM built in replay mode that has not run; the restored state
+    /// (ordinal, counters, devices) stays.
+    pub fn attach_replay(
+        &mut self,
+        source: Box<dyn LogSource>,
+        gate: Box<dyn OutputGate>,
+        failover: Option<Box<dyn crate::failover::Failover>>,
+    ) -> Result<(), VmError> {
+        if self.journal.mode() != Mode::Replay {
+            return Err(VmError::DeviceSetup {
+                device: "vm",
+                detail: format!(
+                    "attach_replay needs a VM built to replay, this one is {:?}",
+                    self.journal.mode()
+                ),
+            });
+        }
+        self.journal.attach(source, gate, failover);
+        Ok(())
+    }
+
     /// The VM left replay mode: ticks fall due from now on host time.
     fn went_live(&mut self) {
         self.timer.next_due = self.timer.period.map(|p| Instant::now() + p);

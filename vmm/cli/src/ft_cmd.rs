@@ -99,6 +99,12 @@ pub struct BackupArgs {
     /// Seconds to wait for a primary.
     #[arg(long, default_value_t = 3600)]
     pub wait_secs: u64,
+    /// Wait as a spare: a running primary (`ftvm primary --spare ADDR`)
+    /// transfers its live state to this side, which then replays its log
+    /// from there (tcp; `--listen` is the TCP address). With --vm the spare
+    /// registers at the arbiter, where `--find-spares` finds it.
+    #[arg(long)]
+    pub spare: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -138,6 +144,20 @@ fn default_vm_name(guest: &str, service: Option<SocketAddr>) -> String {
         .collect()
 }
 
+/// How the primary is protected.
+#[derive(Debug, Clone)]
+pub enum Protect {
+    /// By the backup at `addr` (`--backup`), over `transport`.
+    Backup {
+        /// The backup's address.
+        addr: String,
+        /// `--transport`.
+        transport: Option<String>,
+    },
+    /// Unprotected at first; spares join (`--spare`, `--find-spares`).
+    Spares(ftvm_ft::rejoin::SpareSources),
+}
+
 /// Runs `c` as the primary of a pair with the backup at `backup`; every
 /// output waits for the backup's ACK. A lost backup makes the primary race
 /// for the next generation: won, it runs on unprotected; lost, it stops
@@ -146,14 +166,17 @@ fn default_vm_name(guest: &str, service: Option<SocketAddr>) -> String {
 pub fn run_primary(
     mut c: VmConfig,
     settings: &Settings,
-    backup: &str,
-    transport_name: Option<&str>,
+    protect: &Protect,
     status_addr: Option<&str>,
     record_log: Option<&std::path::Path>,
     pair: &PairArgs,
     floating: Option<&FloatingIp>,
     service: Option<SocketAddr>,
 ) -> anyhow::Result<RunOutcome> {
+    let transport_name = match protect {
+        Protect::Backup { transport, .. } => transport.as_deref(),
+        Protect::Spares(_) => Some("tcp"),
+    };
     let s = with_transport(settings, transport_name)?;
     let arbiter = pair.arbiter("primary")?;
     let vm = pair
@@ -176,11 +199,28 @@ pub fn run_primary(
         guest_arg: c.guest_arg,
         give_up: Arc::new(move || stop.load(Ordering::Relaxed)),
     };
-    let end: PrimaryEnd = connect_primary(&s, backup, &c.image, opts)?;
-    eprintln!(
-        "ftvm primary: VM {vm:?} at generation {generation}, protected by the backup at {backup} ({})",
-        s.channel.transport.name()
-    );
+    let (end, reprotect): (PrimaryEnd, _) = match protect {
+        Protect::Backup { addr, .. } => {
+            let end = connect_primary(&s, addr, &c.image, opts)?;
+            eprintln!(
+                "ftvm primary: VM {vm:?} at generation {generation}, protected by the backup at {addr} ({})",
+                s.channel.transport.name()
+            );
+            (end, None)
+        }
+        Protect::Spares(spares) => {
+            let (end, r) = ftvm_ft::rejoin::unprotected_primary(&s, &c.image, opts)?;
+            eprintln!(
+                "ftvm primary: VM {vm:?} at generation {generation}, UNPROTECTED until a spare joins ({})",
+                if spares.list.is_empty() {
+                    "spares registered at the arbiter".to_string()
+                } else {
+                    spares.list.join(", ")
+                }
+            );
+            (end, Some((r, spares.clone())))
+        }
+    };
     let (shared, gate_counters, sink_stats) = (
         end.shared.clone(),
         end.gate_counters.clone(),
@@ -233,7 +273,20 @@ pub fn run_primary(
         )),
         None => Box::new(sink),
     };
-    let run = Vm::new(c, RunMode::Record(sink)).and_then(|mut vm| vm.run());
+    let run = Vm::new(c, RunMode::Record(sink)).and_then(|mut vm| {
+        if let Some((r, spares)) = reprotect {
+            r.spawn(
+                vm.control(),
+                spares,
+                ftvm_vmm::transfer::PrecopyConfig::default(),
+            )
+            .map_err(|e| ftvm_vmm::VmError::DeviceSetup {
+                device: "reprotect",
+                detail: format!("starting the re-protection thread: {e}"),
+            })?;
+        }
+        vm.run()
+    });
     let give_back = |why: &str| {
         if let Some(f) = floating
             && let Err(e) = f.remove()
@@ -279,6 +332,73 @@ pub fn run_primary(
     Ok(outcome)
 }
 
+/// `ftvm backup --spare`: builds the VM, waits for a live side's state on
+/// `--listen` (registered at the arbiter with --vm) and attaches its log.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn spare_vm(
+    c: VmConfig,
+    s: &Settings,
+    a: &BackupArgs,
+    image: &[u8],
+    opts: &BackupOptions,
+    arbiter: &Arc<dyn Arbiter>,
+    stop: &Arc<AtomicBool>,
+    plan: impl FnOnce(&str) -> StandbyPlan,
+) -> anyhow::Result<(
+    Vm,
+    String,
+    ftvm_wire::control::Hello,
+    Arc<ftvm_ft::SourceStats>,
+    ftvm_ft::Stopper,
+)> {
+    let listener = std::net::TcpListener::bind(&a.listen)
+        .with_context(|| format!("--listen {}: binding the spare's TCP listener", a.listen))?;
+    let local = listener.local_addr()?.to_string();
+    let mut vm = Vm::new(c, RunMode::Replay(Box::new(ftvm_ft::spare::Unattached)))?;
+    let _registration = match &a.pair.vm {
+        Some(name) => {
+            let r = ftvm_ft::spare::SpareRegistration::register(arbiter.clone(), name, &local)
+                .with_context(|| format!("registering spare {local} of VM {name:?}"))?;
+            eprintln!(
+                "ftvm backup: spare {local} of VM {name:?} registered at {}",
+                arbiter.url()
+            );
+            Some(r)
+        }
+        None => None,
+    };
+    eprintln!("ftvm backup: waiting as a SPARE on {local} (tcp) for a live side's state");
+    let deadline = std::time::Instant::now() + Duration::from_secs(a.wait_secs);
+    let give_up = || stop.load(Ordering::Relaxed) || std::time::Instant::now() > deadline;
+    let backing = ftvm_ft::spare::join_as_backup(
+        s,
+        &listener,
+        &mut vm,
+        image,
+        opts,
+        plan(&local),
+        &give_up,
+        |peer, e| {
+            eprintln!(
+                "ftvm backup: refused a transfer from {peer}: {}",
+                ftvm_vmm::error_chain(e)
+            );
+        },
+    )?;
+    let r = &backing.report;
+    eprintln!(
+        "ftvm backup: took the state of {}: {} bytes, {} pages ({} zero), join at exit {} (seq {}), digest {:016x}",
+        backing.peer, r.bytes, r.pages, r.zero_pages, r.ordinal, r.next_seq, r.digest.digest
+    );
+    Ok((
+        vm,
+        backing.peer.to_string(),
+        backing.hello,
+        backing.stats,
+        backing.stopper,
+    ))
+}
+
 /// `ftvm backup`: waits for a primary, replays its log as it arrives, and
 /// goes live if the primary is lost and this side wins the next generation.
 pub fn run_backup(a: BackupArgs, settings: &Settings) -> anyhow::Result<RunOutcome> {
@@ -298,12 +418,12 @@ pub fn run_backup(a: BackupArgs, settings: &Settings) -> anyhow::Result<RunOutco
     let (nic, attach) = Nic::standby(reserve)?;
     c.devices.push(Box::new(nic));
     let arbiter = a.pair.arbiter("backup")?;
-    let mut listener = transport::listen(&s.channel, &a.listen)?;
-    eprintln!(
-        "ftvm backup: waiting for a primary on {} ({})",
-        listener.local_addr(),
-        s.channel.transport.name()
-    );
+    if a.spare && s.channel.transport != ftvm_tuning::TransportKind::Tcp {
+        anyhow::bail!(
+            "--spare takes the state and the log over tcp, not {} (leave out --transport)",
+            s.channel.transport.name()
+        );
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing the signal handler")?;
@@ -336,34 +456,14 @@ pub fn run_backup(a: BackupArgs, settings: &Settings) -> anyhow::Result<RunOutco
         .with_context(|| format!("serving status on {addr}"))?;
         eprintln!("ftvm backup: status on {local}");
     }
-    let end = accept_backup(
-        &s,
-        listener.as_mut(),
-        &c.image,
-        &opts,
-        Duration::from_secs(a.wait_secs),
-    )?;
-    let (stats, status, stopper) = (end.stats.clone(), end.status.clone(), end.stopper.clone());
-    let serves = match (&floating, service.or(attach.reserved_addr())) {
-        (Some(f), Some(addr)) => format!("{} (floating, port {})", f.ip, addr.port()),
-        (Some(f), None) => format!("{} (floating)", f.ip),
-        (None, Some(addr)) => addr.to_string(),
-        (None, None) => "nothing (no --service)".to_string(),
-    };
-    eprintln!(
-        "ftvm backup: replaying the log of {} — VM {:?} at generation {}; if the primary is lost, this backup races for generation {} and serves {serves}",
-        end.peer,
-        end.hello.vm,
-        end.hello.generation,
-        end.hello.generation + 1,
-    );
     // A signal stops the backup at the next exit boundary it reaches.
     c.stop = stop.clone();
-    let listen = listener.local_addr();
+    let image = c.image.clone();
+    let reserved = attach.reserved_addr();
     let stop2 = stop.clone();
-    let plan = StandbyPlan {
-        arbiter,
-        candidate: ftvm_ft::candidate("backup", &listen),
+    let plan = |listen: &str| StandbyPlan {
+        arbiter: arbiter.clone(),
+        candidate: ftvm_ft::candidate("backup", listen),
         retry: Retry::default(),
         service: ServiceTakeover {
             nic: Some(attach),
@@ -373,8 +473,45 @@ pub fn run_backup(a: BackupArgs, settings: &Settings) -> anyhow::Result<RunOutco
         resend_replies: !a.no_resend,
         give_up: Arc::new(move || stop2.load(Ordering::Relaxed)),
     };
-    let source = end.install(&mut c, Some(plan));
-    let mut vm = Vm::new(c, RunMode::Replay(Box::new(source)))?;
+    let (mut vm, peer, hello, stats, stopper) = if a.spare {
+        spare_vm(c, &s, &a, &image, &opts, &arbiter, &stop, plan)?
+    } else {
+        let mut listener = transport::listen(&s.channel, &a.listen)?;
+        eprintln!(
+            "ftvm backup: waiting for a primary on {} ({})",
+            listener.local_addr(),
+            s.channel.transport.name()
+        );
+        let end = accept_backup(
+            &s,
+            listener.as_mut(),
+            &image,
+            &opts,
+            Duration::from_secs(a.wait_secs),
+        )?;
+        let (peer, hello, stats, stopper) = (
+            end.peer.clone(),
+            end.hello.clone(),
+            end.stats.clone(),
+            end.stopper.clone(),
+        );
+        let source = end.install(&mut c, Some(plan(&listener.local_addr())));
+        let vm = Vm::new(c, RunMode::Replay(Box::new(source)))?;
+        (vm, peer, hello, stats, stopper)
+    };
+    let status = opts.status.clone();
+    let serves = match (&floating, service.or(reserved)) {
+        (Some(f), Some(addr)) => format!("{} (floating, port {})", f.ip, addr.port()),
+        (Some(f), None) => format!("{} (floating)", f.ip),
+        (None, Some(addr)) => addr.to_string(),
+        (None, None) => "nothing (no --service)".to_string(),
+    };
+    eprintln!(
+        "ftvm backup: replaying the log of {peer} — VM {:?} at generation {}; if the primary is lost, this backup races for generation {} and serves {serves}",
+        hello.vm,
+        hello.generation,
+        hello.generation + 1,
+    );
     let run = vm.run();
     // Tell the primary why replay stopped (a Stop frame when the VM is
     // dropped), unless it ended with the primary's own goodbye.

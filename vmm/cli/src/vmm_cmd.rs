@@ -49,8 +49,22 @@ pub struct PrimaryArgs {
     /// Channel transport to the backup: tcp, shm or uring (default: channel.transport).
     #[arg(long, requires = "backup")]
     transport: Option<String>,
-    /// Serve status (JSON) on this TCP address (`ftvm status ADDR`).
-    #[arg(long, requires = "backup")]
+    /// Start unprotected and take a spare (`ftvm backup --spare --listen
+    /// ADDR`) as the backup while running: live state transfer, then the
+    /// pair is protected; again whenever the backup is lost.
+    #[arg(
+        long,
+        value_name = "ADDR[,ADDR...]",
+        value_delimiter = ',',
+        conflicts_with = "backup"
+    )]
+    spare: Vec<String>,
+    /// Also take the spares registered at the arbiter under --vm.
+    #[arg(long, conflicts_with = "backup")]
+    find_spares: bool,
+    /// Serve status (JSON) on this TCP address (`ftvm status ADDR`); with
+    /// --backup, --spare or --find-spares.
+    #[arg(long)]
     status: Option<String>,
     #[command(flatten)]
     pair: crate::ft_cmd::PairArgs,
@@ -111,12 +125,27 @@ fn primary(a: PrimaryArgs, settings: &Settings) -> anyhow::Result<()> {
         c.devices
             .push(Box::new(ftvm_vmm::devices::net::Nic::new(addr)?));
     }
-    if let Some(backup) = &a.backup {
+    let protect = match (&a.backup, a.spare.is_empty() && !a.find_spares) {
+        (Some(addr), _) => Some(crate::ft_cmd::Protect::Backup {
+            addr: addr.clone(),
+            transport: a.transport.clone(),
+        }),
+        (None, false) => Some(crate::ft_cmd::Protect::Spares(
+            ftvm_ft::rejoin::SpareSources {
+                list: a.spare.clone(),
+                registered: a.find_spares,
+            },
+        )),
+        (None, true) => None,
+    };
+    if protect.is_none() && a.status.is_some() {
+        anyhow::bail!("--status needs --backup, --spare or --find-spares (a pair to report on)");
+    }
+    if let Some(protect) = &protect {
         let outcome = crate::ft_cmd::run_primary(
             c,
             settings,
-            backup,
-            a.transport.as_deref(),
+            protect,
             a.status.as_deref(),
             a.record_log.as_deref(),
             &a.pair,

@@ -56,6 +56,9 @@ pub enum Protection {
     Lost = 4,
     /// Stopped in order.
     Finished = 5,
+    /// Unprotected, and a spare is taking the state: outputs from the join
+    /// exit on wait for it.
+    Joining = 6,
 }
 
 impl Protection {
@@ -67,6 +70,7 @@ impl Protection {
             Protection::Unprotected => "unprotected",
             Protection::Lost => "lost",
             Protection::Finished => "finished",
+            Protection::Joining => "joining",
         }
     }
 
@@ -76,6 +80,7 @@ impl Protection {
             2 => Protection::Arbitrating,
             3 => Protection::Unprotected,
             4 => Protection::Lost,
+            6 => Protection::Joining,
             _ => Protection::Finished,
         }
     }
@@ -119,12 +124,12 @@ pub struct DriverShared {
 }
 
 impl DriverShared {
-    fn new(generation: u64) -> std::io::Result<DriverShared> {
+    fn new(generation: u64, protection: Protection) -> std::io::Result<DriverShared> {
         let (kick_tx, kick_rx) = UnixDatagram::pair()?;
         kick_tx.set_nonblocking(true)?;
         kick_rx.set_nonblocking(true)?;
         Ok(DriverShared {
-            state: AtomicU8::new(Protection::Protected as u8),
+            state: AtomicU8::new(protection as u8),
             generation: AtomicU64::new(generation),
             acked: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
@@ -209,6 +214,12 @@ impl DriverShared {
         while self.kick_rx.recv(&mut b).is_ok() {}
     }
 
+    /// Wakes the driver (a WAIT asleep on [`DriverShared::kick_fd`]).
+    pub(crate) fn kick(&self) {
+        // A full socket buffer already holds a kick.
+        let _ = self.kick_tx.send(&[1]);
+    }
+
     fn set_state(&self, p: Protection, note: Option<String>) {
         if let Some(n) = note {
             *self.note.lock().unwrap_or_else(PoisonError::into_inner) = n;
@@ -281,13 +292,46 @@ pub struct PrimaryDriver {
     finish_timeout: Duration,
     /// How the backup was lost (for the Lost error).
     cause: String,
+    /// Spares joining an unprotected driver (`crate::rejoin`).
+    joins: Option<Joins>,
+}
+
+/// What an unprotected driver needs to take a spare as its backup.
+pub(crate) struct Joins {
+    /// Messages of the re-protector.
+    pub(crate) rx: Receiver<Join>,
+    /// The channel settings of the new pair.
+    pub(crate) channel: ftvm_tuning::ChannelSettings,
+    /// The Hello the new pair starts with (seq and generation set at the join).
+    pub(crate) hello: ftvm_channel::HelloParams,
+}
+
+/// A step of a spare's join, from the re-protector to the driver.
+pub(crate) enum Join {
+    /// The join exit was just handled; the next entry gets this seq: from
+    /// it on, entries are kept for the spare and outputs wait for its ACK.
+    At(u64),
+    /// The spare took the state: the channel to it, to handshake on.
+    Ready(Box<dyn ftvm_channel::transport::Transport>, String),
+    /// The transfer failed after the join: no backup came of it.
+    Failed(String),
 }
 
 enum State {
     Protected(Box<Primary>),
     Unprotected(Consumer),
-    Lost { holder: String, generation: u64 },
-    Undecided { arbiter: String },
+    /// A spare is taking the state; entries from seq `at` on stay in the ring.
+    Joining {
+        consumer: Consumer,
+        at: u64,
+    },
+    Lost {
+        holder: String,
+        generation: u64,
+    },
+    Undecided {
+        arbiter: String,
+    },
     Finished,
 }
 
@@ -317,7 +361,7 @@ impl PrimaryDriver {
         give_up: GiveUp,
         finish_timeout: Duration,
     ) -> std::io::Result<PrimaryDriver> {
-        let shared = Arc::new(DriverShared::new(pair.generation)?);
+        let shared = Arc::new(DriverShared::new(pair.generation, Protection::Protected)?);
         shared.publish(&primary);
         Ok(PrimaryDriver {
             state: State::Protected(Box::new(primary)),
@@ -329,7 +373,96 @@ impl PrimaryDriver {
             give_up,
             finish_timeout,
             cause: String::new(),
+            joins: None,
         })
+    }
+
+    /// A driver with no backup yet (outputs leave at once, entries are
+    /// drained and discarded) that takes spares through `joins`.
+    pub(crate) fn unprotected(
+        consumer: Consumer,
+        outputs: Receiver<(u64, Release)>,
+        pair: PairIdentity,
+        counters: Arc<GateCounters>,
+        give_up: GiveUp,
+        finish_timeout: Duration,
+        joins: Joins,
+    ) -> std::io::Result<PrimaryDriver> {
+        let shared = Arc::new(DriverShared::new(pair.generation, Protection::Unprotected)?);
+        Ok(PrimaryDriver {
+            state: State::Unprotected(consumer),
+            gate: AckGate::new(),
+            outputs,
+            pair,
+            shared,
+            counters,
+            give_up,
+            finish_timeout,
+            cause: String::new(),
+            joins: Some(joins),
+        })
+    }
+
+    /// The re-protector's messages, in order (module `crate::rejoin`).
+    fn take_joins(&mut self) -> Result<(), DriverError> {
+        let Some(joins) = &self.joins else {
+            return Ok(());
+        };
+        self.shared.drain_kick();
+        while let Ok(msg) = joins.rx.try_recv() {
+            let state = std::mem::replace(&mut self.state, State::Finished);
+            self.state = match (msg, state) {
+                (Join::At(at), State::Unprotected(mut consumer)) => {
+                    // Discard what precedes the join; the spare's log starts at `at`.
+                    let chunk = consumer.read();
+                    let before: usize = chunk
+                        .records()
+                        .take_while(|r| ftvm_wire::raw::seq(r) < at)
+                        .map(<[u8]>::len)
+                        .sum();
+                    chunk.release_up_to(before);
+                    let msg = format!("a spare is joining at seq {at}");
+                    self.shared.set_state(Protection::Joining, Some(msg));
+                    State::Joining { consumer, at }
+                }
+                (Join::Ready(t, spare), State::Joining { consumer, at }) => {
+                    let hello = ftvm_channel::HelloParams {
+                        next_seq: at,
+                        generation: self.pair.generation,
+                        ..joins.hello.clone()
+                    };
+                    match Primary::join(t, &joins.channel, hello, consumer) {
+                        Ok(p) => {
+                            self.shared.publish(&p);
+                            let msg = format!(
+                                "PROTECTED again by the spare at {spare}: VM {:?} at generation {}, log from seq {at}",
+                                self.pair.vm, self.pair.generation
+                            );
+                            notice("primary", &msg);
+                            self.shared.set_state(Protection::Protected, Some(msg));
+                            State::Protected(Box::new(p))
+                        }
+                        Err(failed) => {
+                            let (e, consumer) = *failed;
+                            // The spare may have finished its half: it could
+                            // race for the next generation. Race too.
+                            self.state = State::Joining { consumer, at };
+                            return self.backup_lost(e);
+                        }
+                    }
+                }
+                (Join::Failed(why), State::Joining { consumer, .. }) => {
+                    // No channel, no backup: the spare cannot go live.
+                    let msg = format!("the spare did not join ({why}): running on UNPROTECTED");
+                    notice("primary", &msg);
+                    self.shared.set_state(Protection::Unprotected, Some(msg));
+                    State::Unprotected(consumer)
+                }
+                // Out of step (a message for a join that already ended).
+                (_, state) => state,
+            };
+        }
+        Ok(())
     }
 
     /// What the driver publishes.
@@ -342,6 +475,7 @@ impl PrimaryDriver {
     /// what the fence allows. Returns the work done.
     pub fn pump(&mut self, at: PollPoint) -> Result<usize, DriverError> {
         self.take_outputs();
+        self.take_joins()?;
         let mut work = 0;
         match &mut self.state {
             State::Protected(p) => {
@@ -363,6 +497,8 @@ impl PrimaryDriver {
                 work += chunk.len();
                 chunk.release_all();
             }
+            // Entries wait in the ring for the spare's channel.
+            State::Joining { .. } => {}
             State::Lost { .. } | State::Undecided { .. } => return Err(self.stopped_error()),
             State::Finished => {}
         }
@@ -388,6 +524,8 @@ impl PrimaryDriver {
         match &self.state {
             State::Protected(p) if p.lease_valid(now) => Some(p.acked_seq()),
             State::Unprotected(_) => Some(u64::MAX),
+            // What precedes the join leaves; the rest waits for the spare.
+            State::Joining { at, .. } => Some(at - 1),
             _ => None,
         }
     }
@@ -451,15 +589,19 @@ impl PrimaryDriver {
 
     /// Protected → Arbitrating → Unprotected | Lost.
     fn backup_lost(&mut self, error: ChannelError) -> Result<(), DriverError> {
-        let State::Protected(p) = std::mem::replace(
+        let consumer = match std::mem::replace(
             &mut self.state,
             State::Undecided {
                 arbiter: "arbitrating".into(),
             },
-        ) else {
-            return Ok(());
+        ) {
+            State::Protected(p) => p.into_consumer(),
+            State::Joining { consumer, .. } => consumer,
+            other => {
+                self.state = other;
+                return Ok(());
+            }
         };
-        let consumer = p.into_consumer();
         self.shared
             .lost_unix_us
             .store(crate::golive::unix_us(), Ordering::Relaxed);
@@ -548,6 +690,17 @@ impl PrimaryDriver {
     /// handled like any other loss. Unprotected: releases what is held.
     pub fn finish(&mut self) -> Result<(), DriverError> {
         self.take_outputs();
+        self.take_joins()?;
+        if let State::Joining { .. } = self.state {
+            // The spare has no channel yet, so it cannot go live: what the
+            // join held leaves now.
+            let State::Joining { consumer, .. } =
+                std::mem::replace(&mut self.state, State::Finished)
+            else {
+                unreachable!("matched above")
+            };
+            self.state = State::Unprotected(consumer);
+        }
         if let State::Protected(p) = &mut self.state {
             match p.finish(self.finish_timeout) {
                 Ok(stats) => {
@@ -589,6 +742,10 @@ impl EventSource for PrimaryDriver {
     fn wait_fd(&self) -> Option<RawFd> {
         match &self.state {
             State::Protected(p) => p.readable_fd(),
+            // The re-protector kicks at each step of a join.
+            State::Unprotected(_) | State::Joining { .. } if self.joins.is_some() => {
+                Some(self.shared.kick_fd())
+            }
             _ => None,
         }
     }

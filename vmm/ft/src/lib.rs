@@ -45,6 +45,7 @@ mod gate;
 pub mod golive;
 pub mod local;
 mod pair;
+pub mod rejoin;
 pub mod service;
 mod sink;
 mod source;

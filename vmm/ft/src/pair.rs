@@ -9,7 +9,7 @@ use ftvm_arbiter::{Arbiter, ArbiterError, Decision, Retry};
 use ftvm_channel::transport::{self, Listener, TransportError};
 use ftvm_channel::{Appender, Backup, ChannelError, Primary};
 use ftvm_tuning::Settings;
-use ftvm_vmm::{PollPoint, VmConfig};
+use ftvm_vmm::{PollPoint, Vm, VmConfig, VmError};
 use ftvm_wire::control::Hello;
 
 use crate::driver::{DriverShared, PairIdentity, PrimaryDriver};
@@ -24,7 +24,7 @@ use crate::standby::StandbyGate;
 pub type GiveUp = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// How long an orderly finish waits for the backup's last ACK.
-const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Setting up an end of the pair failed.
 #[derive(Debug, thiserror::Error)]
@@ -379,10 +379,32 @@ impl BackupEnd {
     /// the failover (the VM goes live where the log of a lost primary
     /// ends); returns the source to replay from (`RunMode::Replay`).
     pub fn install(self, config: &mut VmConfig, plan: Option<StandbyPlan>) -> ChannelSource {
+        let (source, gate, failover) = self.parts(plan);
+        config.gate = gate;
+        config.failover = failover;
+        source
+    }
+
+    /// [`BackupEnd::install`] into a VM that exists already: a spare that
+    /// received the state of a live side (`Vm::attach_replay`).
+    pub fn attach(self, vm: &mut Vm, plan: Option<StandbyPlan>) -> Result<(), VmError> {
+        let (source, gate, failover) = self.parts(plan);
+        vm.attach_replay(Box::new(source), gate, failover)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn parts(
+        self,
+        plan: Option<StandbyPlan>,
+    ) -> (
+        ChannelSource,
+        Box<dyn ftvm_vmm::OutputGate>,
+        Option<Box<dyn ftvm_vmm::failover::Failover>>,
+    ) {
         let resend = plan.as_ref().is_some_and(|p| p.resend_replies);
-        config.gate = Box::new(StandbyGate::new(self.released.clone(), resend));
-        if let Some(p) = plan {
-            config.failover = Some(Box::new(BackupFailover {
+        let gate = Box::new(StandbyGate::new(self.released.clone(), resend));
+        let failover = plan.map(|p| {
+            Box::new(BackupFailover {
                 pair: PairIdentity {
                     vm: self.hello.vm.clone(),
                     generation: self.hello.generation,
@@ -393,9 +415,9 @@ impl BackupEnd {
                 service: p.service,
                 status: self.status.clone(),
                 give_up: p.give_up,
-            }));
-        }
-        self.source
+            }) as Box<dyn ftvm_vmm::failover::Failover>
+        });
+        (self.source, gate, failover)
     }
 }
 
@@ -429,15 +451,30 @@ pub fn accept_backup(
             }
         }
     };
+    backup_end(settings, t, image, opts, 1)
+}
+
+/// The handshake with a primary over `t` and the backup's source; the
+/// backup expects the log from `next_seq` (1, or a spare's join seq).
+pub fn backup_end(
+    settings: &Settings,
+    t: Box<dyn ftvm_channel::transport::Transport>,
+    image: &[u8],
+    opts: &BackupOptions,
+    next_seq: u64,
+) -> Result<BackupEnd, PairSetupError> {
     let peer = t.peer();
-    let hello = crate::hello(
-        settings,
-        image,
-        &opts.guest,
-        opts.guest_arg,
-        opts.vm.as_deref().unwrap_or(""),
-        0,
-    );
+    let hello = ftvm_channel::HelloParams {
+        next_seq,
+        ..crate::hello(
+            settings,
+            image,
+            &opts.guest,
+            opts.guest_arg,
+            opts.vm.as_deref().unwrap_or(""),
+            0,
+        )
+    };
     let handshake = |source| PairSetupError::Channel {
         what: format!("pairing with the primary {peer}"),
         source,

@@ -8,9 +8,10 @@
 //! The live side's half is [`offer_state`]: it tries the spares in order
 //! and transfers to the first that takes the state whole.
 //!
-//! Not yet wired: after an accepted attempt the caller still has to start
-//! replaying the live side's log over the channel (the `--spare` join of
-//! `ftvm primary`/`ftvm backup`).
+//! [`join_as_backup`] is the spare's whole wait: after an accepted
+//! transfer the same connection carries the pair's channel, and the spare
+//! replays the live side's log from the join exit (`crate::rejoin` is the
+//! live side's half).
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -33,6 +34,13 @@ pub enum SpareError {
         /// Why.
         #[source]
         source: io::Error,
+    },
+    /// The VM could not take the live side's log (it was not built to replay).
+    #[error("attaching the live side's log to the spare's VM")]
+    Attach {
+        /// Why.
+        #[source]
+        source: ftvm_vmm::VmError,
     },
     /// `give_up` returned true (a signal, a deadline).
     #[error("spare on {addr}: stopped waiting after {refused} refused attempts")]
@@ -117,6 +125,99 @@ pub fn wait_for_state(
         }
     }
 }
+
+/// A spare that became a backup: the state it took and the pair it is in.
+#[derive(Debug)]
+pub struct Backing {
+    /// The receiver's report (join exit ordinal, next seq, digest, bytes).
+    pub report: ReceiveReport,
+    /// The live side's address.
+    pub peer: SocketAddr,
+    /// The live side's Hello: VM name and the generation the pair runs at.
+    pub hello: ftvm_wire::control::Hello,
+    /// Replay counters.
+    pub stats: std::sync::Arc<crate::SourceStats>,
+    /// Tells the primary why the backup stops.
+    pub stopper: crate::Stopper,
+    /// Attempts refused before (transfers and handshakes).
+    pub refused: u64,
+}
+
+/// The spare's whole wait: [`wait_for_state`] into `vm`, then the pair's
+/// channel over the same TCP connection (the live side handshakes on it
+/// right after the transfer; `docs/reprotect.md`), attached to `vm` as its
+/// log source with the standby gate and `plan`. A handshake that fails
+/// (another image, other settings) is refused like a bad transfer, and the
+/// spare waits for the next attempt.
+#[allow(clippy::too_many_arguments)]
+pub fn join_as_backup(
+    settings: &ftvm_tuning::Settings,
+    listener: &TcpListener,
+    vm: &mut Vm,
+    image: &[u8],
+    opts: &crate::BackupOptions,
+    plan: crate::StandbyPlan,
+    give_up: &dyn Fn() -> bool,
+    mut on_refused: impl FnMut(SocketAddr, &(dyn std::error::Error + 'static)),
+) -> Result<Backing, SpareError> {
+    let mut refused = 0;
+    loop {
+        let joined = wait_for_state(listener, vm, STALL, give_up, &mut on_refused)?;
+        refused += joined.refused;
+        let peer = joined.peer;
+        let _ = joined.stream.set_read_timeout(None);
+        let t = match ftvm_channel::transport::tcp::TcpTransport::from_stream(
+            joined.stream,
+            settings.channel.socket_buffer_bytes,
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                refused += 1;
+                on_refused(peer, &e);
+                continue;
+            }
+        };
+        let mut tcp = settings.clone();
+        tcp.channel.transport = ftvm_tuning::TransportKind::Tcp;
+        match crate::pair::backup_end(&tcp, Box::new(t), image, opts, joined.report.next_seq) {
+            Ok(end) => {
+                let (hello, stats, stopper) =
+                    (end.hello.clone(), end.stats.clone(), end.stopper.clone());
+                end.attach(vm, Some(plan))
+                    .map_err(|source| SpareError::Attach { source })?;
+                return Ok(Backing {
+                    report: joined.report,
+                    peer,
+                    hello,
+                    stats,
+                    stopper,
+                    refused,
+                });
+            }
+            Err(e) => {
+                refused += 1;
+                on_refused(peer, &e);
+            }
+        }
+    }
+}
+
+/// The log source of a spare's VM until a live side joins
+/// ([`join_as_backup`] replaces it): build the VM with
+/// `RunMode::Replay(Box::new(Unattached))`.
+#[derive(Debug, Default)]
+pub struct Unattached;
+
+impl ftvm_vmm::LogSource for Unattached {
+    fn poll_entry(&mut self) -> Result<ftvm_vmm::SourcePoll, ftvm_vmm::LogSourceError> {
+        Err(ftvm_vmm::LogSourceError::Channel(
+            "the spare has no live side to replay yet".into(),
+        ))
+    }
+}
+
+/// A transfer connection that sends nothing for this long is cut.
+const STALL: Duration = Duration::from_secs(5);
 
 /// A spare's key at the arbiter (`docs/arbiter.md`: a key per spare under
 /// the VM's prefix), so a live side finds it without a static list. The
