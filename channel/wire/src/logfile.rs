@@ -130,7 +130,10 @@ impl<'a> Iterator for LogReader<'a> {
                     }
                     _ => {
                         if !frame.header.kind.is_control() {
-                            self.next_seq = Some(seq + 1);
+                            // Wrapping: after seq u64::MAX nothing is contiguous, and
+                            // no entry has seq 0 (`decode` refuses it), so any next
+                            // entry is a gap. (`seq + 1` panicked here: fuzz log_file.)
+                            self.next_seq = Some(seq.wrapping_add(1));
                         }
                         self.pos += len;
                         Ok((offset, frame))
@@ -153,7 +156,12 @@ mod tests {
         let mut v = file_header().to_vec();
         for &s in seqs {
             let mut b = vec![0u8; frame_len(3)];
-            encode(&mut b, &Header::new(Kind::PortIn, s, s * 2, 3), b"abc").unwrap();
+            encode(
+                &mut b,
+                &Header::new(Kind::PortIn, s, s.wrapping_mul(2), 3),
+                b"abc",
+            )
+            .unwrap();
             v.extend_from_slice(&b);
         }
         v
@@ -188,6 +196,17 @@ mod tests {
             "sequence gap at offset 64: expected seq 2, found 3"
         );
         assert!(LogReader::new(b"FTVMLOG\0\x09\0\0\0\0\0\0\0").is_err());
+
+        // Found by the log_file fuzz target: an entry with the largest seq panicked
+        // (overflow) instead of making whatever follows a gap.
+        let f = file(&[u64::MAX, 1]);
+        let got: Vec<_> = LogReader::new(&f).unwrap().collect();
+        assert_eq!(got.len(), 2);
+        assert!(got[0].is_ok());
+        assert_eq!(
+            got[1].as_ref().unwrap_err().to_string(),
+            "sequence gap at offset 64: expected seq 0, found 1"
+        );
         assert!(LogReader::new(b"nope").is_err());
     }
 }

@@ -61,7 +61,7 @@ impl fmt::Debug for DupSlot {
 }
 
 /// The ring of recent UPDATE replies (see the module doc).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct DupTable<D> {
     slots: D,
     next: usize,

@@ -56,8 +56,10 @@ pub struct ServerStats {
     pub dropped: u64,
 }
 
-/// The dns service: a zone, the duplicate table and counters.
-#[derive(Debug)]
+/// The dns service: a zone, the duplicate table and counters. A clone is an
+/// independent copy of all three (the dns fuzz target serves every input on a
+/// copy of one loaded server).
+#[derive(Clone, Debug)]
 pub struct Server<R, I, D> {
     zone: Zone<R, I>,
     dups: DupTable<D>,

@@ -126,7 +126,7 @@ pub enum Change {
 }
 
 /// The zone (see the module doc). `R` holds the record slots, `I` the index.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Zone<R, I> {
     origin: Name,
     origin_key: Key,
