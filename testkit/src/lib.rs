@@ -64,6 +64,16 @@ pub fn require_or_skip(
     }
 }
 
+/// Polls `f` every 20 ms until it holds; panics with `not <what> within
+/// <limit>` when it does not in time.
+pub fn wait_until(limit: std::time::Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "not {what} within {limit:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// The full path of `cmd` if an executable of that name is on `PATH`;
 /// `Err` says `<cmd> not installed (not on PATH)`.
 pub fn command_on_path(cmd: &str) -> Result<(), String> {

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use ftvm_dnsproto::dnsperf::{self, DnsperfConfig, query_file};
 use ftvm_dnsproto::tools::{dig_via, nsupdate_via, soa_serial};
 use ftvm_testkit::netns::{self, Rack};
+use ftvm_testkit::wait_until;
 use ftvm_testkit::{command_on_path, require_or_skip};
 
 const NET: &str = "10.78.0";
@@ -47,14 +48,6 @@ fn probe_rack() -> Result<(), String> {
 fn status(rack: &Rack, host: &str, addr: &str) -> serde_json::Value {
     let out = rack.exec(host, &[ftvm(), "status", addr]).output().unwrap();
     serde_json::from_slice(&out.stdout).unwrap_or_default()
-}
-
-fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < limit, "not {what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn stderr_of(child: Child) -> String {

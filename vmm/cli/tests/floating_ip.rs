@@ -8,7 +8,8 @@
 use std::process::{Child, Command, Stdio};
 
 use ftvm_testkit::netns::{self, Rack};
-use std::time::{Duration, Instant};
+use ftvm_testkit::wait_until;
+use std::time::Duration;
 
 const NET: &str = "10.77.0";
 const FLOATING: &str = "10.77.0.100";
@@ -39,14 +40,6 @@ fn probe() -> Result<(), String> {
     ftvm_testkit::command_on_path("arping")
         .map_err(|e| format!("{e} (apt install iputils-arping)"))?;
     netns::probe()
-}
-
-fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < limit, "not {what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn stderr_of(child: Child) -> String {

@@ -408,7 +408,11 @@ impl PrimaryDriver {
         let Some(joins) = &self.joins else {
             return Ok(());
         };
-        self.shared.drain_kick();
+        if let State::Unprotected(_) | State::Joining { .. } = self.state {
+            // The kick is the wait fd only in these states; a protected
+            // pump (every exit) pays no syscall for it.
+            self.shared.drain_kick();
+        }
         while let Ok(msg) = joins.rx.try_recv() {
             let state = std::mem::replace(&mut self.state, State::Finished);
             self.state = match (msg, state) {
