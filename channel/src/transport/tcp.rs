@@ -69,6 +69,14 @@ fn interest_events(interest: Interest) -> libc::c_short {
     }
 }
 
+/// Sets `SO_SNDBUF` and `SO_RCVBUF` of `stream` to `bytes` (the channel's
+/// `socket_buffer_bytes`; a state transfer's connection, which becomes the
+/// channel, gets them from its start).
+pub fn set_socket_buffers(stream: &TcpStream, bytes: usize) -> io::Result<()> {
+    set_buffer(stream.as_raw_fd(), libc::SO_SNDBUF, bytes)?;
+    set_buffer(stream.as_raw_fd(), libc::SO_RCVBUF, bytes)
+}
+
 impl TcpTransport {
     /// Wraps a connected stream: nonblocking, `TCP_NODELAY`, buffers of `buffer_bytes`.
     pub fn from_stream(

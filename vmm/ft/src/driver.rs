@@ -118,6 +118,8 @@ pub struct DriverShared {
     /// Why the backup was lost / who won, for messages.
     note: Mutex<String>,
     stats: Mutex<Option<PrimaryStats>>,
+    /// State transfers to spares (`crate::rejoin`).
+    transfer: Mutex<TransferView>,
     /// Written on every state change (wakes a WAIT in threaded mode).
     kick_tx: UnixDatagram,
     kick_rx: UnixDatagram,
@@ -140,6 +142,7 @@ impl DriverShared {
             decided_unix_us: AtomicU64::new(0),
             note: Mutex::new(String::new()),
             stats: Mutex::new(None),
+            transfer: Mutex::new(TransferView::default()),
             kick_tx,
             kick_rx,
         })
@@ -203,6 +206,18 @@ impl DriverShared {
         *self.stats.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// State transfers to spares: the one in progress, the last one, counts.
+    pub fn transfer(&self) -> TransferView {
+        self.transfer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn edit_transfer(&self, f: impl FnOnce(&mut TransferView)) {
+        f(&mut self.transfer.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
     /// Becomes readable after a state change (see [`DriverShared::drain_kick`]).
     pub fn kick_fd(&self) -> RawFd {
         self.kick_rx.as_raw_fd()
@@ -239,6 +254,53 @@ impl DriverShared {
         self.replay_ordinal.store(ordinal, Ordering::Relaxed);
         self.last_sent.store(p.last_sent_seq(), Ordering::Relaxed);
     }
+}
+
+/// State transfers from this side to spares, for `ftvm status`.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct TransferView {
+    /// The transfer running now, if any.
+    pub in_progress: Option<TransferRunning>,
+    /// The last transfer that ended, either way.
+    pub last: Option<TransferDone>,
+    /// Transfers that gave a backup.
+    pub joined: u64,
+    /// Transfers that did not (spare dead, stalled, refused, cut).
+    pub failed: u64,
+}
+
+/// A transfer under way.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TransferRunning {
+    /// The spare (`host:port`).
+    pub spare: String,
+    /// Attempt number (the spare refuses a stale one).
+    pub attempt: u64,
+    /// When it started (Unix µs).
+    pub started_unix_us: u64,
+}
+
+/// A transfer that ended.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TransferDone {
+    /// The spare (`host:port`).
+    pub spare: String,
+    /// The spare took the state whole (the pair may still fail to form).
+    pub ok: bool,
+    /// What went wrong, when not ok.
+    pub error: Option<String>,
+    /// Pre-copy rounds (with the stop-and-copy).
+    pub rounds: usize,
+    /// Bytes sent.
+    pub bytes: u64,
+    /// Whole transfer, ms.
+    pub total_ms: f64,
+    /// The vCPU's pause, ms.
+    pub pause_ms: Option<f64>,
+    /// The seq the joined log starts at.
+    pub join_seq: Option<u64>,
+    /// When it ended (Unix µs).
+    pub ended_unix_us: u64,
 }
 
 /// The driver stopped the VM.

@@ -150,6 +150,8 @@ pub struct BackupStatus {
     generation: AtomicU64,
     vm: Mutex<String>,
     timeline: Mutex<Timeline>,
+    /// Once live and recording for a next backup: that side's view.
+    live: std::sync::OnceLock<crate::status::PrimaryView>,
 }
 
 impl BackupStatus {
@@ -178,6 +180,12 @@ impl BackupStatus {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Once this backup went live and records for its next backup
+    /// (`--spare`, `--find-spares`): the live side's counters.
+    pub fn live(&self) -> Option<&crate::status::PrimaryView> {
+        self.live.get()
     }
 
     pub(crate) fn set_phase(&self, p: BackupPhase) {
@@ -221,6 +229,8 @@ pub struct BackupFailover {
     pub status: Arc<BackupStatus>,
     /// True once the process is stopping: stop retrying the arbiter.
     pub give_up: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Once live, record for a next backup and look for spares.
+    pub reprotect: Option<crate::rejoin::ReprotectPlan>,
 }
 
 impl std::fmt::Debug for BackupFailover {
@@ -321,6 +331,26 @@ impl Failover for BackupFailover {
             }
             (k.release)();
         }
+        // Live: with a plan, record into an unprotected driver that spares
+        // join (docs/reprotect.md); without, run with no log.
+        let end = self.reprotect.take().and_then(|plan| {
+            let lag_limit = plan.settings.channel.lag_limit_us;
+            match plan.start(self.pair.clone(), self.give_up.clone()) {
+                Ok(end) => {
+                    let _ = status
+                        .live
+                        .set(crate::status::PrimaryView::of(&end, lag_limit));
+                    Some(end)
+                }
+                Err(why) => {
+                    notice(
+                        "backup",
+                        &format!("live, but not looking for spares: {why}"),
+                    );
+                    None
+                }
+            }
+        });
         status.edit(|t| {
             t.live_us = Some(unix_us());
             t.reissued_writes = writes;
@@ -332,17 +362,28 @@ impl Failover for BackupFailover {
         notice(
             "backup",
             &format!(
-                "LIVE at generation {generation} of VM {:?}{}: drain {}, arbitration {}, go-live {}; re-issued {writes} disk writes, re-sent {replies} replies; UNPROTECTED (no backup)",
+                "LIVE at generation {generation} of VM {:?}{}: drain {}, arbitration {}, go-live {}; re-issued {writes} disk writes, re-sent {replies} replies; {}",
                 self.pair.vm,
                 served.map(|a| format!(", serving {a}")).unwrap_or_default(),
                 ms(t.drain_ms()),
                 ms(t.arbitration_ms()),
                 ms(t.go_live_ms()),
+                if end.is_some() {
+                    "UNPROTECTED until a spare joins"
+                } else {
+                    "UNPROTECTED (no backup)"
+                }
             ),
         );
-        Ok(GoLive {
-            sink: None,
-            gate: Box::new(ImmediateGate),
+        Ok(match end {
+            Some(end) => GoLive {
+                sink: Some(Box::new(end.sink)),
+                gate: Box::new(end.gate),
+            },
+            None => GoLive {
+                sink: None,
+                gate: Box::new(ImmediateGate),
+            },
         })
     }
 }

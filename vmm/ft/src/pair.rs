@@ -363,6 +363,8 @@ pub struct StandbyPlan {
     pub resend_replies: bool,
     /// The process is stopping.
     pub give_up: GiveUp,
+    /// Once live, take spares as the next backup (`None`: run alone).
+    pub reprotect: Option<crate::rejoin::ReprotectPlan>,
 }
 
 impl std::fmt::Debug for StandbyPlan {
@@ -415,6 +417,7 @@ impl BackupEnd {
                 service: p.service,
                 status: self.status.clone(),
                 give_up: p.give_up,
+                reprotect: p.reprotect,
             }) as Box<dyn ftvm_vmm::failover::Failover>
         });
         (self.source, gate, failover)

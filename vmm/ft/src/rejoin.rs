@@ -38,8 +38,12 @@ use ftvm_tuning::Settings;
 use ftvm_vmm::VmControl;
 use ftvm_vmm::transfer::PrecopyConfig;
 
-use crate::driver::{DriverShared, Join, Joins, PrimaryDriver, Protection, notice};
+use crate::driver::{
+    DriverShared, Join, Joins, PairIdentity, PrimaryDriver, Protection, TransferDone,
+    TransferRunning, notice,
+};
 use crate::gate::gate_channel;
+use crate::golive::unix_us;
 use crate::pair::{FINISH_TIMEOUT, GiveUp, PairSetupError, PrimaryEnd, PrimaryOptions};
 use crate::sink::ChannelSink;
 
@@ -224,12 +228,20 @@ impl Reprotector {
             attempt,
             ..precopy.clone()
         };
+        self.shared.edit_transfer(|t| {
+            t.in_progress = Some(TransferRunning {
+                spare: spare.to_string(),
+                attempt,
+                started_unix_us: unix_us(),
+            });
+        });
         let (tx, shared, j) = (self.tx.clone(), self.shared.clone(), joined.clone());
         let offered = crate::spare::offer_state(
             control,
             &[spare.to_string()],
             CONNECT_TIMEOUT,
             STALL,
+            self.socket_buffer_bytes,
             &cfg,
             move |_| {
                 let (tx, shared, j) = (tx.clone(), shared.clone(), j.clone());
@@ -241,24 +253,58 @@ impl Reprotector {
                 }
             },
         );
+        self.shared.edit_transfer(|t| {
+            t.in_progress = None;
+            t.last = Some(match &offered {
+                Ok(o) => TransferDone {
+                    spare: spare.to_string(),
+                    ok: true,
+                    error: None,
+                    rounds: o.report.rounds.len(),
+                    bytes: o.report.bytes,
+                    total_ms: o.report.total.as_secs_f64() * 1e3,
+                    pause_ms: o.report.pause.map(|p| p.as_secs_f64() * 1e3),
+                    join_seq: Some(o.report.next_seq),
+                    ended_unix_us: unix_us(),
+                },
+                Err(e) => TransferDone {
+                    spare: spare.to_string(),
+                    ok: false,
+                    error: Some(ftvm_vmm::error_chain(e)),
+                    rounds: 0,
+                    bytes: 0,
+                    total_ms: 0.0,
+                    pause_ms: None,
+                    join_seq: None,
+                    ended_unix_us: unix_us(),
+                },
+            });
+        });
         let step = match offered {
             Ok(o) => {
                 let r = &o.report;
                 notice(
                     "primary",
                     &format!(
-                        "state transferred to the spare at {spare}: {} rounds, {} bytes in {:.0} ms, pause {:.2} ms, join at exit {} (seq {})",
+                        "state transferred to the spare at {spare}: {} rounds, {} bytes in {:.0} ms, pause {:.2} ms, join at exit {} (seq {}), digest {:016x}",
                         r.rounds.len(),
                         r.bytes,
                         r.total.as_secs_f64() * 1e3,
                         r.pause.unwrap_or_default().as_secs_f64() * 1e3,
                         r.ordinal,
-                        r.next_seq
+                        r.next_seq,
+                        r.digest.digest
                     ),
                 );
-                match TcpTransport::from_stream(o.stream, self.socket_buffer_bytes) {
+                // The driver handshakes on the vCPU thread: wait here until
+                // the spare's Hello is in (it sends it once it has the whole
+                // state), so that the handshake does not wait on the link.
+                match hello_arrived(&o.stream, STALL).and_then(|()| {
+                    TcpTransport::from_stream(o.stream, self.socket_buffer_bytes)
+                        .map_err(|e| ftvm_vmm::error_chain(&e))
+                }) {
                     Ok(t) => Join::Ready(Box::new(t), spare.to_string()),
-                    Err(e) => Join::Failed(ftvm_vmm::error_chain(&e)),
+                    Err(why) => Join::Failed(why),
                 }
             }
             Err(e) => {
@@ -266,6 +312,7 @@ impl Reprotector {
                 // Acquire: pairs with the Release at the join.
                 if !joined.load(Ordering::Acquire) {
                     notice("primary", &format!("spare {spare} not joined: {why}"));
+                    self.shared.edit_transfer(|t| t.failed += 1);
                     return false;
                 }
                 Join::Failed(why)
@@ -278,6 +325,96 @@ impl Reprotector {
         while self.shared.protection() == Protection::Joining && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        self.shared.protection() == Protection::Protected
+        let protected = self.shared.protection() == Protection::Protected;
+        self.shared.edit_transfer(|t| {
+            if protected {
+                t.joined += 1;
+            } else {
+                t.failed += 1;
+            }
+        });
+        protected
+    }
+}
+
+/// Waits up to `limit` for the first bytes from the spare (its Hello) on
+/// `stream`, without taking them.
+fn hello_arrived(stream: &std::net::TcpStream, limit: Duration) -> Result<(), String> {
+    let gone = |e: std::io::Error| format!("waiting for the spare's hello: {e}");
+    stream.set_read_timeout(Some(limit)).map_err(gone)?;
+    let mut b = [0u8; 1];
+    let r = stream.peek(&mut b);
+    stream.set_read_timeout(None).map_err(gone)?;
+    match r {
+        Ok(0) => Err("the spare closed the connection before its hello".into()),
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(format!(
+                "no hello from the spare within {} s of the transfer",
+                limit.as_secs()
+            ))
+        }
+        Err(e) => Err(gone(e)),
+    }
+}
+
+/// What a backup needs to re-protect itself once it has gone live
+/// (`ftvm backup --spare`/`--find-spares`): the same unprotected driver and
+/// re-protection thread as [`unprotected_primary`], made at go-live.
+#[derive(Clone)]
+pub struct ReprotectPlan {
+    /// The pair's settings (the joined pair runs over tcp).
+    pub settings: Settings,
+    /// The guest image (its digest goes into the new pair's Hello).
+    pub image: Arc<[u8]>,
+    /// The guest (`--guest`).
+    pub guest: String,
+    /// The guest's argument (`--arg`).
+    pub guest_arg: u64,
+    /// Where to look for spares.
+    pub spares: SpareSources,
+    /// Pre-copy settings of each transfer.
+    pub precopy: PrecopyConfig,
+    /// The VM's control, set by the caller once the VM exists (the plan
+    /// runs inside that VM, on its vCPU thread).
+    pub control: Arc<std::sync::OnceLock<VmControl>>,
+}
+
+impl std::fmt::Debug for ReprotectPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReprotectPlan")
+            .field("guest", &self.guest)
+            .field("spares", &self.spares)
+            .finish()
+    }
+}
+
+impl ReprotectPlan {
+    /// At go-live, `pair` at the generation just won: the unprotected
+    /// driver the VM records into from here (its sink and gate) and the
+    /// re-protection thread, started.
+    pub(crate) fn start(self, pair: PairIdentity, give_up: GiveUp) -> Result<PrimaryEnd, String> {
+        let control = self
+            .control
+            .get()
+            .cloned()
+            .ok_or("the VM's control was never handed to the re-protection plan")?;
+        let opts = PrimaryOptions {
+            pair,
+            guest: self.guest,
+            guest_arg: self.guest_arg,
+            give_up,
+        };
+        let (end, reprotector) = unprotected_primary(&self.settings, &self.image, opts)
+            .map_err(|e| ftvm_vmm::error_chain(&e))?;
+        reprotector
+            .spawn(control, self.spares, self.precopy)
+            .map_err(|e| format!("starting the re-protection thread: {e}"))?;
+        Ok(end)
     }
 }

@@ -296,12 +296,16 @@ pub struct Offered {
 /// one is tried; the VM keeps running throughout. `on_join(spare)` makes
 /// the action run at the join exit of the attempt to `spare` (start
 /// logging to it). If it ran and the attempt failed afterwards (the stream
-/// cut after the join), the caller's sink sees the lost peer.
+/// cut after the join), the caller's sink sees the lost peer. Each
+/// connection gets socket buffers of `socket_buffer_bytes` (the channel's:
+/// the connection becomes the pair's channel), so what the sender counts as
+/// sent is not megabytes ahead of what the spare has.
 pub fn offer_state<F>(
     control: &VmControl,
     spares: &[String],
     connect_timeout: Duration,
     stall: Duration,
+    socket_buffer_bytes: usize,
     cfg: &PrecopyConfig,
     mut on_join: impl FnMut(&str) -> F,
 ) -> Result<Offered, OfferError>
@@ -310,7 +314,7 @@ where
 {
     let mut failed = Vec::new();
     for (n, spare) in spares.iter().enumerate() {
-        let stream = match connect(spare, connect_timeout, stall) {
+        let stream = match connect(spare, connect_timeout, stall, socket_buffer_bytes) {
             Ok(s) => s,
             Err(why) => {
                 failed.push(format!("{spare}: {why}"));
@@ -336,7 +340,12 @@ where
     Err(OfferError { tried: failed })
 }
 
-fn connect(spare: &str, timeout: Duration, stall: Duration) -> Result<TcpStream, String> {
+fn connect(
+    spare: &str,
+    timeout: Duration,
+    stall: Duration,
+    buffer_bytes: usize,
+) -> Result<TcpStream, String> {
     use std::net::ToSocketAddrs;
     let addrs: Vec<SocketAddr> = spare
         .to_socket_addrs()
@@ -348,6 +357,9 @@ fn connect(spare: &str, timeout: Duration, stall: Duration) -> Result<TcpStream,
             Ok(s) => {
                 s.set_write_timeout(Some(stall))
                     .and_then(|()| s.set_nodelay(true))
+                    .and_then(|()| {
+                        ftvm_channel::transport::tcp::set_socket_buffers(&s, buffer_bytes)
+                    })
                     .map_err(|e| format!("connected to {a}, then: {e}"))?;
                 return Ok(s);
             }

@@ -7,6 +7,111 @@ use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// What the live side of a pair reports (a primary, or a backup that went
+/// live and records for its next backup).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PrimaryReport {
+    /// The generation this side runs at.
+    pub generation: u64,
+    /// `protected`, `joining`, `unprotected`, `arbitrating`, `lost`, `finished`.
+    pub protection: &'static str,
+    /// The last state change's story.
+    pub note: String,
+    /// Exit ordinal of the last entry logged.
+    pub exit_ordinal: u64,
+    /// Seq of the last entry appended (since recording started here).
+    pub last_seq_appended: u64,
+    /// Seq of the last entry handed to the transport.
+    pub last_seq_sent: u64,
+    /// Highest seq the backup ACKed.
+    pub last_seq_acked: u64,
+    /// The backup's replay position: seq.
+    pub last_seq_replayed: u64,
+    /// The backup's replay position: exit ordinal.
+    pub replay_exit_ordinal: u64,
+    /// Replay lag at the last check, µs.
+    pub lag_us: u64,
+    /// Largest replay lag, µs.
+    pub max_lag_us: u64,
+    /// Lag-control limit, µs.
+    pub lag_limit_us: u64,
+    /// Lag-control sleeps.
+    pub lag_sleeps: u64,
+    /// Flow control: waits on a full ring.
+    pub ring_full_waits: u64,
+    /// Outputs waiting for an ACK.
+    pub held_outputs: u64,
+    /// Outputs released.
+    pub released_outputs: u64,
+    /// Entry bytes logged.
+    pub bytes_logged: u64,
+    /// The last arbitration, µs (0: none).
+    pub arbitration_us: u64,
+    /// When the backup was found lost (Unix µs; 0: never).
+    pub backup_lost_unix_us: u64,
+    /// When the arbiter answered (Unix µs; 0: never).
+    pub decided_unix_us: u64,
+    /// State transfers to spares.
+    pub transfer: crate::driver::TransferView,
+}
+
+/// The live side's counters, read for each [`PrimaryReport`].
+#[derive(Clone, Debug)]
+pub struct PrimaryView {
+    /// The driver's published state.
+    pub shared: Arc<crate::DriverShared>,
+    /// Held / released outputs.
+    pub gate: Arc<crate::GateCounters>,
+    /// Sink counters.
+    pub sink: Arc<crate::SinkStats>,
+    /// `channel.lag_limit_us`.
+    pub lag_limit_us: u64,
+}
+
+impl PrimaryView {
+    /// The view of `end` (take it before `end` is installed).
+    pub fn of(end: &crate::PrimaryEnd, lag_limit_us: u64) -> PrimaryView {
+        PrimaryView {
+            shared: end.shared.clone(),
+            gate: end.gate_counters.clone(),
+            sink: end.sink_stats.clone(),
+            lag_limit_us,
+        }
+    }
+
+    /// The report now.
+    pub fn report(&self) -> PrimaryReport {
+        // Relaxed: reporting counters.
+        let r = std::sync::atomic::Ordering::Relaxed;
+        let (sh, st) = (&self.shared, &self.sink);
+        let (replayed, replay_ordinal) = sh.replay();
+        let (lost, decided) = sh.loss_times();
+        PrimaryReport {
+            generation: sh.generation(),
+            protection: sh.protection().name(),
+            note: sh.note(),
+            exit_ordinal: st.exit_ordinal.load(r),
+            last_seq_appended: st.entries.load(r),
+            last_seq_sent: sh.last_sent_seq(),
+            last_seq_acked: sh.acked_seq(),
+            last_seq_replayed: replayed,
+            replay_exit_ordinal: replay_ordinal,
+            lag_us: st.lag_us.load(r),
+            max_lag_us: st.max_lag_us.load(r),
+            lag_limit_us: self.lag_limit_us,
+            lag_sleeps: st.lag_sleeps.load(r),
+            ring_full_waits: st.full_waits.load(r),
+            held_outputs: self.gate.held(),
+            released_outputs: self.gate.released.load(r),
+            bytes_logged: st.bytes.load(r),
+            arbitration_us: sh.arbitration_us(),
+            backup_lost_unix_us: lost,
+            decided_unix_us: decided,
+            transfer: sh.transfer(),
+        }
+    }
+}
+
 /// Produces the current status.
 pub type Snapshot = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 

@@ -219,6 +219,7 @@ fn the_live_side_skips_a_dead_and_a_cut_spare_and_joins_the_next() {
         &spares,
         Duration::from_secs(1),
         Duration::from_secs(5),
+        4 << 20,
         &PrecopyConfig::default(),
         |_| nothing_at_the_join,
     )
