@@ -18,6 +18,7 @@
 //! split into detection, drain, arbitration and go-live from the winner's
 //! own timeline (`ftvm status`).
 
+pub mod chain;
 mod procs;
 mod proxy;
 

@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -36,7 +36,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `ftvm ARGS`, stderr to `dir/<role>.err`.
+    /// Starts `ftvm ARGS`, stderr to `dir/<role>.err`, stdout to `dir/<role>.out`.
     pub fn spawn(
         ftvm: &Path,
         role: &'static str,
@@ -47,7 +47,7 @@ impl Proc {
         let stderr = dir.join(format!("{role}.err"));
         let child = Command::new(ftvm)
             .args(args)
-            .stdout(Stdio::null())
+            .stdout(File::create(dir.join(format!("{role}.out")))?)
             .stderr(File::create(&stderr)?)
             .spawn()
             .with_context(|| format!("starting {} {role}", ftvm.display()))?;
@@ -63,6 +63,11 @@ impl Proc {
     /// Its stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Its stdout so far (`state digest …` once it stopped).
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.stderr.with_extension("out")).unwrap_or_default()
     }
 
     /// Sends `sig`.
