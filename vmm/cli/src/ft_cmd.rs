@@ -99,12 +99,21 @@ pub struct BackupArgs {
     /// Seconds to wait for a primary.
     #[arg(long, default_value_t = 3600)]
     pub wait_secs: u64,
-    /// Wait as a spare: a running primary (`ftvm primary --spare ADDR`)
-    /// transfers its live state to this side, which then replays its log
-    /// from there (tcp; `--listen` is the TCP address). With --vm the spare
-    /// registers at the arbiter, where `--find-spares` finds it.
+    /// Wait as a spare: a live side (`ftvm primary --spare ADDR`, or a
+    /// backup that went live) transfers its running state to this side,
+    /// which then replays its log from there (tcp; `--listen` is the TCP
+    /// address). With --vm the spare registers at the arbiter, where
+    /// `--find-spares` finds it.
     #[arg(long)]
-    pub spare: bool,
+    pub as_spare: bool,
+    /// Once live, take the spare at ADDR (`ftvm backup --as-spare --listen
+    /// ADDR`) as the next backup: live state transfer, then protected
+    /// again; again whenever that backup is lost.
+    #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
+    pub spare: Vec<String>,
+    /// Once live, also take the spares registered at the arbiter under the VM's name.
+    #[arg(long)]
+    pub find_spares: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -227,39 +236,18 @@ pub fn run_primary(
         end.sink_stats.clone(),
     );
     if let Some(addr) = status_addr {
-        let (shared, g, st) = (shared.clone(), gate_counters.clone(), sink_stats.clone());
-        let lag_limit = s.channel.lag_limit_us;
+        let view = ftvm_ft::status::PrimaryView::of(&end, s.channel.lag_limit_us);
         let vm = vm.clone();
         let local = ftvm_ft::status::serve(
             addr,
             Arc::new(move || {
-                let r = Ordering::Relaxed;
-                let (replayed, replay_ordinal) = shared.replay();
-                serde_json::json!({
-                    "role": "primary",
-                    "vm": vm,
-                    "generation": shared.generation(),
-                    "protection": shared.protection().name(),
-                    "note": shared.note(),
-                    "mode": "record",
-                    "exit_ordinal": st.exit_ordinal.load(r),
-                    "last_seq_appended": st.entries.load(r),
-                    "last_seq_sent": shared.last_sent_seq(),
-                    "last_seq_acked": shared.acked_seq(),
-                    "last_seq_replayed": replayed,
-                    "replay_exit_ordinal": replay_ordinal,
-                    "lag_us": st.lag_us.load(r),
-                    "max_lag_us": st.max_lag_us.load(r),
-                    "lag_limit_us": lag_limit,
-                    "lag_sleeps": st.lag_sleeps.load(r),
-                    "ring_full_waits": st.full_waits.load(r),
-                    "held_outputs": g.held(),
-                    "released_outputs": g.released.load(r),
-                    "bytes_logged": st.bytes.load(r),
-                    "arbitration_us": shared.arbitration_us(),
-                    "backup_lost_unix_us": shared.loss_times().0,
-                    "decided_unix_us": shared.loss_times().1,
-                })
+                let mut v = serde_json::json!({"role": "primary", "vm": vm, "mode": "record"});
+                if let (Some(o), Ok(serde_json::Value::Object(r))) =
+                    (v.as_object_mut(), serde_json::to_value(view.report()))
+                {
+                    o.extend(r);
+                }
+                v
             }),
         )
         .with_context(|| format!("serving status on {addr}"))?;
@@ -332,7 +320,7 @@ pub fn run_primary(
     Ok(outcome)
 }
 
-/// `ftvm backup --spare`: builds the VM, waits for a live side's state on
+/// `ftvm backup --as-spare`: builds the VM, waits for a live side's state on
 /// `--listen` (registered at the arbiter with --vm) and attaches its log.
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 fn spare_vm(
@@ -343,6 +331,7 @@ fn spare_vm(
     opts: &BackupOptions,
     arbiter: &Arc<dyn Arbiter>,
     stop: &Arc<AtomicBool>,
+    control: &std::sync::OnceLock<ftvm_vmm::VmControl>,
     plan: impl FnOnce(&str) -> StandbyPlan,
 ) -> anyhow::Result<(
     Vm,
@@ -355,6 +344,7 @@ fn spare_vm(
         .with_context(|| format!("--listen {}: binding the spare's TCP listener", a.listen))?;
     let local = listener.local_addr()?.to_string();
     let mut vm = Vm::new(c, RunMode::Replay(Box::new(ftvm_ft::spare::Unattached)))?;
+    let _ = control.set(vm.control());
     let _registration = match &a.pair.vm {
         Some(name) => {
             let r = ftvm_ft::spare::SpareRegistration::register(arbiter.clone(), name, &local)
@@ -418,9 +408,9 @@ pub fn run_backup(a: BackupArgs, settings: &Settings) -> anyhow::Result<RunOutco
     let (nic, attach) = Nic::standby(reserve)?;
     c.devices.push(Box::new(nic));
     let arbiter = a.pair.arbiter("backup")?;
-    if a.spare && s.channel.transport != ftvm_tuning::TransportKind::Tcp {
+    if a.as_spare && s.channel.transport != ftvm_tuning::TransportKind::Tcp {
         anyhow::bail!(
-            "--spare takes the state and the log over tcp, not {} (leave out --transport)",
+            "--as-spare takes the state and the log over tcp, not {} (leave out --transport)",
             s.channel.transport.name()
         );
     }
@@ -450,6 +440,9 @@ pub fn run_backup(a: BackupArgs, settings: &Settings) -> anyhow::Result<RunOutco
                     "last_seq_replayed": st.replayed.load(r),
                     "received_not_replayed": st.backlog.load(r),
                     "failover": status.timeline(),
+                    // Live and recording for a next backup (--spare, --find-spares).
+                    "protection": status.live().map(|l| l.shared.protection().name()),
+                    "live": status.live().map(|l| l.report()),
                 })
             }),
         )
@@ -461,6 +454,20 @@ pub fn run_backup(a: BackupArgs, settings: &Settings) -> anyhow::Result<RunOutco
     let image = c.image.clone();
     let reserved = attach.reserved_addr();
     let stop2 = stop.clone();
+    let control = Arc::new(std::sync::OnceLock::new());
+    let reprotect =
+        (!a.spare.is_empty() || a.find_spares).then(|| ftvm_ft::rejoin::ReprotectPlan {
+            settings: s.clone(),
+            image: Arc::from(&image[..]),
+            guest: a.guest.clone(),
+            guest_arg: a.arg,
+            spares: ftvm_ft::rejoin::SpareSources {
+                list: a.spare.clone(),
+                registered: a.find_spares,
+            },
+            precopy: ftvm_vmm::transfer::PrecopyConfig::default(),
+            control: control.clone(),
+        });
     let plan = |listen: &str| StandbyPlan {
         arbiter: arbiter.clone(),
         candidate: ftvm_ft::candidate("backup", listen),
@@ -472,9 +479,10 @@ pub fn run_backup(a: BackupArgs, settings: &Settings) -> anyhow::Result<RunOutco
         },
         resend_replies: !a.no_resend,
         give_up: Arc::new(move || stop2.load(Ordering::Relaxed)),
+        reprotect,
     };
-    let (mut vm, peer, hello, stats, stopper) = if a.spare {
-        spare_vm(c, &s, &a, &image, &opts, &arbiter, &stop, plan)?
+    let (mut vm, peer, hello, stats, stopper) = if a.as_spare {
+        spare_vm(c, &s, &a, &image, &opts, &arbiter, &stop, &control, plan)?
     } else {
         let mut listener = transport::listen(&s.channel, &a.listen)?;
         eprintln!(
@@ -497,6 +505,7 @@ pub fn run_backup(a: BackupArgs, settings: &Settings) -> anyhow::Result<RunOutco
         );
         let source = end.install(&mut c, Some(plan(&listener.local_addr())));
         let vm = Vm::new(c, RunMode::Replay(Box::new(source)))?;
+        let _ = control.set(vm.control());
         (vm, peer, hello, stats, stopper)
     };
     let status = opts.status.clone();

@@ -428,8 +428,10 @@ fn a_backup_goes_live_only_once_the_arbiter_is_back() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(ftvm_testkit::checked_stderr(pair.backup.stderr()).contains("arbiter unreachable"));
-    etcd.restart().unwrap();
+    // Taken before the restart: the backup may win before `restart`
+    // returns (it waits for etcd to answer, as the backup does).
     let up_at = ftvm_ft::golive::unix_us();
+    etcd.restart().unwrap();
     let v = pair
         .backup
         .wait_status(Duration::from_secs(5), "live", |v| v["phase"] == "live")

@@ -1,5 +1,5 @@
 //! Re-protection as users meet it (docs/reprotect.md): `ftvm primary`
-//! started with no backup takes a spare (`ftvm backup --spare`) as its
+//! started with no backup takes a spare (`ftvm backup --as-spare`) as its
 //! backup while it runs — live state transfer, then the log from the join
 //! exit over the transfer's connection — and the pair is then fault
 //! tolerant: a SIGKILL of the primary under load loses no acknowledged
@@ -34,7 +34,7 @@ fn spare(dir: &Path, arbiter: &str, vm: &str, listen: &str, service: &str) -> Pr
         "--set",
         "channel.peer_timeout_ms=300",
         "backup",
-        "--spare",
+        "--as-spare",
         "--guest",
         "kv",
         "--listen",
