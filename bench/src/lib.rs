@@ -28,13 +28,18 @@
 //!    `.hgrm` files (`--hgrm`) and an SVG percentile plot (`--plot`).
 
 mod cpu;
+pub mod demo;
+pub mod dns;
+pub mod e2e;
 pub mod failover;
 mod hist;
+pub mod loops;
 mod plot;
 mod report;
 mod runner;
 mod scenarios;
 pub mod transfer;
+pub mod vmm;
 
 pub use cpu::process_cpu_seconds;
 pub use hist::Latency;

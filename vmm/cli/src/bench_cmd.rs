@@ -4,16 +4,16 @@ use std::time::Duration;
 
 use anyhow::bail;
 use ftvm_bench::{ChannelOptions, Role};
-use ftvm_tuning::{Settings, TransportKind};
+use ftvm_tuning::Settings;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
     /// Channel benchmark: floors, output-rule, mixed, throughput, idle-cpu.
     Channel(ChannelArgs),
     /// VMM benchmark: live vs record mode with the kv guest.
-    Vmm(crate::bench_vmm::BenchVmmArgs),
+    Vmm(ftvm_bench::vmm::BenchVmmArgs),
     /// End to end: kv, echo and dns guests, unprotected vs FT per transport.
-    E2e(crate::bench_e2e::BenchE2eArgs),
+    E2e(ftvm_bench::e2e::BenchE2eArgs),
     /// Failover: faults (SIGKILL, SIGSTOP, partition) injected into a pair
     /// of ftvm processes under a self-checking load; lost / applied-twice /
     /// both-live counts and the gap, split into its parts.
@@ -85,27 +85,6 @@ pub struct ChannelArgs {
     pub connect: Option<String>,
 }
 
-/// The transports `--transport` names (`all`, or one), or the settings' one.
-pub(crate) fn transports(
-    arg: Option<&str>,
-    settings: &Settings,
-) -> anyhow::Result<Vec<TransportKind>> {
-    Ok(match arg {
-        None => vec![settings.channel.transport],
-        Some("all") => vec![
-            TransportKind::Tcp,
-            TransportKind::Uring,
-            TransportKind::Shm,
-            TransportKind::Rdma,
-        ],
-        Some("tcp") => vec![TransportKind::Tcp],
-        Some("uring") => vec![TransportKind::Uring],
-        Some("shm") => vec![TransportKind::Shm],
-        Some("rdma") => vec![TransportKind::Rdma],
-        Some(other) => bail!("--transport {other:?}: expected tcp, uring, shm, rdma or all"),
-    })
-}
-
 fn channel(a: ChannelArgs, settings: &Settings) -> anyhow::Result<()> {
     if a.list {
         print!("{}", ftvm_bench::list());
@@ -131,7 +110,7 @@ fn channel(a: ChannelArgs, settings: &Settings) -> anyhow::Result<()> {
         bail!("--entries 0: expected at least 1");
     }
     let opts = ChannelOptions {
-        transports: transports(a.transport.as_deref(), settings)?,
+        transports: ftvm_bench::e2e::transports(a.transport.as_deref(), settings)?,
         filter: a.filter,
         entries: a.entries,
         duration: Duration::from_secs_f64(a.duration),
@@ -150,8 +129,8 @@ fn channel(a: ChannelArgs, settings: &Settings) -> anyhow::Result<()> {
 pub fn run(cmd: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Channel(a) => channel(a, settings),
-        BenchCommand::Vmm(a) => crate::bench_vmm::run(a, settings),
-        BenchCommand::E2e(a) => crate::bench_e2e::run(a, settings),
+        BenchCommand::Vmm(a) => ftvm_bench::vmm::run(a, settings),
+        BenchCommand::E2e(a) => ftvm_bench::e2e::run(a, settings),
         BenchCommand::Failover(a) => failover(a, settings),
         BenchCommand::Transfer(a) => crate::bench_transfer::run(a, settings),
     }

@@ -5,13 +5,9 @@ use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
 
 mod bench_cmd;
-mod bench_dns;
-mod bench_e2e;
 mod bench_transfer;
-mod bench_vmm;
 mod channel_cmd;
 mod client_cmd;
-mod demo;
 mod ft_cmd;
 mod log_cmd;
 mod rdma_cmd;
@@ -38,7 +34,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a local demonstration with embedded defaults (no setup needed).
-    Demo(demo::DemoArgs),
+    Demo(ftvm_bench::demo::DemoArgs),
     /// Logging-channel tools: a standalone source (primary end) and sink (backup end).
     #[command(subcommand)]
     Channel(channel_cmd::ChannelCommand),
@@ -66,7 +62,7 @@ fn main() -> std::process::ExitCode {
     let result = ftvm_tuning::Settings::load(cli.profile.as_deref(), &cli.sets)
         .map_err(anyhow::Error::from)
         .and_then(|settings| match cli.command {
-            Command::Demo(a) => demo::run(a, &settings),
+            Command::Demo(a) => ftvm_bench::demo::run(a, &settings),
             Command::Channel(c) => channel_cmd::run(c, &settings),
             Command::Log(c) => log_cmd::run(c, &settings),
             Command::Bench(c) => bench_cmd::run(c, &settings),

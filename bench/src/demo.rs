@@ -27,8 +27,8 @@ use ftvm_channel::transport;
 use ftvm_ft::local::Protection;
 use ftvm_tuning::{Settings, TransportKind};
 
-use crate::bench_e2e::{check_pair, kv_run, protection};
-use crate::channel_cmd::{SourceOpts, SourceSummary, run_source, serve_sink};
+use crate::e2e::{check_pair, kv_run, protection};
+use crate::loops::{SourceOpts, SourceSummary, run_source, serve_sink};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -88,7 +88,7 @@ pub fn run(args: DemoArgs, settings: &Settings) -> anyhow::Result<()> {
 }
 
 fn failover_part(settings: &Settings) -> anyhow::Result<()> {
-    use ftvm_bench::failover::{FailoverOptions, FaultKind, run_trial};
+    use crate::failover::{FailoverOptions, FaultKind, run_trial};
     println!("ftvm demo, part 2: failover — the pair as two ftvm processes, 8 clients appending");
     println!("  unique tokens and retrying the other address after 100 ms; a fault; then every");
     println!("  client reads back every key (arbiter: the embedded file: backend).\n");
@@ -167,7 +167,7 @@ fn failover_part(settings: &Settings) -> anyhow::Result<()> {
 }
 
 fn reprotect_part(settings: &Settings) -> anyhow::Result<()> {
-    use ftvm_bench::failover::chain::{ChainOptions, run_chain};
+    use crate::failover::chain::{ChainOptions, run_chain};
     println!(
         "ftvm demo, part 2b: redundancy restored by itself — a primary with no backup takes a"
     );

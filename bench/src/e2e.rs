@@ -2,14 +2,14 @@
 //! one machine: kv throughput and latency, the latency FT adds beside the
 //! channel's round-trip floor, logging bandwidth, an echo-guest network
 //! test in the style of the VMware FT paper's network table, and the dns
-//! guest under the real dnsperf (`bench_dns.rs`).
+//! guest under the real dnsperf ([`crate::dns`]).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::{ChannelOptions, Latency, Machine, Report, Row, percentile_svg};
 use anyhow::{Context, bail};
-use ftvm_bench::{ChannelOptions, Latency, Machine, Report, Row, percentile_svg};
 use ftvm_ft::local::{LocalPair, PairOutcome, Protection};
 use ftvm_kvproto::load::{LoadConfig, LoadReport, run_load};
 use ftvm_tuning::{Settings, TransportKind};
@@ -45,11 +45,11 @@ pub struct BenchE2eArgs {
     #[arg(long)]
     pub plot: Option<PathBuf>,
     #[command(flatten)]
-    pub dns: crate::bench_dns::DnsArgs,
+    pub dns: crate::dns::DnsArgs,
 }
 
 /// A backup for `kind`: a free loopback port, or an shm name unique to this process.
-pub(crate) fn protection(kind: TransportKind, tag: &str) -> Protection {
+pub fn protection(kind: TransportKind, tag: &str) -> Protection {
     match kind {
         TransportKind::Shm => Protection::on(&format!("bench-{tag}-{}", std::process::id())),
         _ => Protection::on("127.0.0.1:0"),
@@ -68,29 +68,30 @@ fn to_latency(r: &LoadReport) -> Latency {
 
 /// What one FT run adds up to.
 #[derive(Debug, serde::Serialize)]
-pub(crate) struct Summary {
-    pub(crate) test: &'static str,
-    pub(crate) transport: String,
-    pub(crate) ops_per_s: f64,
-    pub(crate) ratio_to_unprotected: Option<f64>,
-    pub(crate) p50_us: f64,
-    pub(crate) p99_us: f64,
-    pub(crate) p999_us: f64,
-    pub(crate) added_p50_us: Option<f64>,
-    pub(crate) channel_rtt_p50_us: Option<f64>,
-    pub(crate) added_p50_in_rtts: Option<f64>,
-    pub(crate) log_mbit_s: Option<f64>,
-    pub(crate) digests_equal: Option<bool>,
-    pub(crate) rx_pps: Option<f64>,
-    pub(crate) tx_pps: Option<f64>,
-    pub(crate) rx_mbit_s: Option<f64>,
-    pub(crate) tx_mbit_s: Option<f64>,
-    pub(crate) lost: Option<u64>,
+pub struct Summary {
+    pub test: &'static str,
+    pub transport: String,
+    pub ops_per_s: f64,
+    pub ratio_to_unprotected: Option<f64>,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub added_p50_us: Option<f64>,
+    pub channel_rtt_p50_us: Option<f64>,
+    pub added_p50_in_rtts: Option<f64>,
+    pub log_mbit_s: Option<f64>,
+    pub digests_equal: Option<bool>,
+    pub rx_pps: Option<f64>,
+    pub tx_pps: Option<f64>,
+    pub rx_mbit_s: Option<f64>,
+    pub tx_mbit_s: Option<f64>,
+    pub lost: Option<u64>,
 }
 
 /// A pair run that ended cleanly: the primary's outcome, and for a
 /// protected run the logging bandwidth (the backup replayed to the same state).
-pub(crate) struct PairCheck {
+#[derive(Debug)]
+pub struct PairCheck {
     /// The primary VM's run.
     pub primary: RunOutcome,
     /// Log Mbit/s over the primary's run (protected runs only).
@@ -98,7 +99,7 @@ pub(crate) struct PairCheck {
 }
 
 /// Checks that both ends ran and that the backup ended in the primary's state.
-pub(crate) fn check_pair(out: PairOutcome) -> anyhow::Result<PairCheck> {
+pub fn check_pair(out: PairOutcome) -> anyhow::Result<PairCheck> {
     let p = out.primary.map_err(anyhow::Error::msg).context("primary")?;
     let Some(b) = out.backup else {
         return Ok(PairCheck {
@@ -126,7 +127,7 @@ pub(crate) fn check_pair(out: PairOutcome) -> anyhow::Result<PairCheck> {
 
 /// Runs the kv guest (protected or not) under `clients` closed-loop clients
 /// for `ops` operations; fails on any verification error.
-pub(crate) fn kv_run(
+pub fn kv_run(
     s: &Settings,
     protection: Protection,
     clients: u32,
@@ -243,9 +244,9 @@ fn floor(s: &Settings, kind: TransportKind) -> Option<(f64, f64)> {
         report: None,
         hgrm: None,
         plot: None,
-        role: ftvm_bench::Role::Local,
+        role: crate::Role::Local,
     };
-    let report = ftvm_bench::run(&opts, s).ok().flatten()?;
+    let report = crate::run(&opts, s).ok().flatten()?;
     report
         .results
         .iter()
@@ -257,7 +258,7 @@ pub fn run(a: BenchE2eArgs, settings: &Settings) -> anyhow::Result<()> {
     if let Err(why) = ftvm_vmm::kvm_available() {
         bail!("ftvm bench e2e needs KVM: /dev/kvm not accessible ({why})");
     }
-    let kinds = crate::bench_cmd::transports(Some(&a.transport), settings)?;
+    let kinds = transports(Some(&a.transport), settings)?;
     let started = Instant::now();
     let mut rows = Vec::new();
     let mut summaries = Vec::new();
@@ -321,7 +322,7 @@ pub fn run(a: BenchE2eArgs, settings: &Settings) -> anyhow::Result<()> {
     summaries.push(echo_summary("none".into(), &echo_base, None, None));
     let echo_base_pps = echo_base.received as f64 / echo_base.secs.max(1e-9);
     let dns_base =
-        crate::bench_dns::unprotected(&a.dns, settings, &mut rows, &mut summaries, &mut skipped);
+        crate::dns::unprotected(&a.dns, settings, &mut rows, &mut summaries, &mut skipped);
 
     for kind in kinds {
         let mut s = settings.clone();
@@ -381,7 +382,7 @@ pub fn run(a: BenchE2eArgs, settings: &Settings) -> anyhow::Result<()> {
         summaries.push(sum);
         if let Some(base) = &dns_base {
             let (r, su, sk) = (&mut rows, &mut summaries, &mut skipped);
-            crate::bench_dns::protected(&a.dns, &s, kind, fl, base, r, su, sk);
+            crate::dns::protected(&a.dns, &s, kind, fl, base, r, su, sk);
         }
     }
 
@@ -460,4 +461,22 @@ pub fn run(a: BenchE2eArgs, settings: &Settings) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The transports `--transport` names (`all`, or one), or the settings' one.
+pub fn transports(arg: Option<&str>, settings: &Settings) -> anyhow::Result<Vec<TransportKind>> {
+    Ok(match arg {
+        None => vec![settings.channel.transport],
+        Some("all") => vec![
+            TransportKind::Tcp,
+            TransportKind::Uring,
+            TransportKind::Shm,
+            TransportKind::Rdma,
+        ],
+        Some("tcp") => vec![TransportKind::Tcp],
+        Some("uring") => vec![TransportKind::Uring],
+        Some("shm") => vec![TransportKind::Shm],
+        Some("rdma") => vec![TransportKind::Rdma],
+        Some(other) => bail!("--transport {other:?}: expected tcp, uring, shm, rdma or all"),
+    })
 }

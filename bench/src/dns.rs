@@ -8,13 +8,13 @@
 
 use std::path::Path;
 
+use crate::{Latency, Row};
 use anyhow::Context;
-use ftvm_bench::{Latency, Row};
 use ftvm_dnsproto::dnsperf::{self, DnsperfConfig, DnsperfReport, update_file};
 use ftvm_ft::local::{LocalPair, Protection};
 use ftvm_tuning::{Settings, TransportKind};
 
-use crate::bench_e2e::{Summary, check_pair};
+use crate::e2e::{Summary, check_pair};
 
 #[derive(Debug, clap::Args)]
 pub struct DnsArgs {
@@ -147,7 +147,7 @@ fn rows_for(
         );
         let protection = match transport {
             None => Protection::Off,
-            Some(k) => crate::bench_e2e::protection(k, kind.test()),
+            Some(k) => crate::e2e::protection(k, kind.test()),
         };
         let (r, mbit) = match run(a, s, protection, kind, dir.path()) {
             Ok(r) => r,
