@@ -312,7 +312,9 @@ fn corrupt_frames_stop_the_backup_naming_reason_and_seq() {
     assert_eq!(got, vec![1, 2]);
     let msg = ftvm_channel::error_chain(&e);
     assert!(
-        msg.contains("CRC mismatch") && msg.contains("expected seq 3") && msg.contains("(seq 3)"),
+        msg.contains("CRC mismatch")
+            && msg.contains("expected seq 3")
+            && msg.contains("(header claims seq 3, unverified)"),
         "{msg}"
     );
 

@@ -88,7 +88,7 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    let entries = reader.remaining();
+    let entries = reader.remaining().unwrap_or(0);
     let (mut seen, mut payload_bytes) = (0usize, 0usize);
     // Progress: every poll returns an entry, or ends the loop.
     loop {

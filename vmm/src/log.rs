@@ -215,23 +215,50 @@ impl LogSink for MemoryLog {
     }
 }
 
-/// A [`LogSource`] over a log file held in memory. Entries before the first
-/// corrupt frame are replayed; the corruption is then reported with its offset.
-#[derive(Debug)]
+/// A [`LogSource`] over a log file: streamed from disk ([`LogFileReader::open`],
+/// one frame in memory at a time) or parsed from bytes
+/// ([`LogFileReader::from_bytes`]). Entries before the first corrupt frame
+/// are replayed; the corruption is then reported with its offset.
 pub struct LogFileReader {
     path: PathBuf,
-    entries: std::vec::IntoIter<LogEntry>,
-    error: Option<LogFileError>,
+    frames: Frames,
+}
+
+enum Frames {
+    Memory {
+        entries: std::vec::IntoIter<LogEntry>,
+        error: Option<LogFileError>,
+    },
+    Stream(Box<ftvm_wire::logfile::LogStream<std::io::BufReader<std::fs::File>>>),
+}
+
+impl std::fmt::Debug for LogFileReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogFileReader")
+            .field("path", &self.path)
+            .field("streamed", &matches!(self.frames, Frames::Stream(_)))
+            .finish()
+    }
 }
 
 impl LogFileReader {
-    /// Reads and checks the whole file.
+    /// Opens the file and checks its header; frames are read as replay
+    /// needs them.
     pub fn open(path: &Path) -> Result<LogFileReader, LogSourceError> {
-        let data = std::fs::read(path).map_err(|source| LogSourceError::Io {
+        let file = std::fs::File::open(path).map_err(|source| LogSourceError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        LogFileReader::from_bytes(path, &data)
+        let stream =
+            ftvm_wire::logfile::LogStream::new(std::io::BufReader::with_capacity(1 << 16, file))
+                .map_err(|source| LogSourceError::Corrupt {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+        Ok(LogFileReader {
+            path: path.to_path_buf(),
+            frames: Frames::Stream(Box::new(stream)),
+        })
     }
 
     /// Parses log-file bytes (`path` is only used in messages).
@@ -257,28 +284,51 @@ impl LogFileReader {
         }
         Ok(LogFileReader {
             path: path.to_path_buf(),
-            entries: entries.into_iter(),
-            error,
+            frames: Frames::Memory {
+                entries: entries.into_iter(),
+                error,
+            },
         })
     }
 
-    /// Entries not yet returned.
-    pub fn remaining(&self) -> usize {
-        self.entries.len()
+    /// Entries not yet returned (parsed from bytes; `None` when streamed).
+    pub fn remaining(&self) -> Option<usize> {
+        match &self.frames {
+            Frames::Memory { entries, .. } => Some(entries.len()),
+            Frames::Stream(_) => None,
+        }
     }
 }
 
 impl LogSource for LogFileReader {
     fn poll_entry(&mut self) -> Result<SourcePoll, LogSourceError> {
-        if let Some(e) = self.entries.next() {
-            return Ok(SourcePoll::Entry(e));
-        }
-        match self.error.take() {
-            Some(source) => Err(LogSourceError::Corrupt {
-                path: self.path.clone(),
-                source,
-            }),
-            None => Ok(SourcePoll::End),
+        let corrupt = |path: &Path, source| LogSourceError::Corrupt {
+            path: path.to_path_buf(),
+            source,
+        };
+        match &mut self.frames {
+            Frames::Memory { entries, error } => {
+                if let Some(e) = entries.next() {
+                    return Ok(SourcePoll::Entry(e));
+                }
+                match error.take() {
+                    Some(source) => Err(corrupt(&self.path, source)),
+                    None => Ok(SourcePoll::End),
+                }
+            }
+            Frames::Stream(stream) => loop {
+                match stream.next_frame() {
+                    None => return Ok(SourcePoll::End),
+                    Some(Err(source)) => return Err(corrupt(&self.path, source)),
+                    Some(Ok((_, frame))) if frame.header.kind.is_control() => {}
+                    Some(Ok((_, frame))) => {
+                        return Ok(SourcePoll::Entry(LogEntry {
+                            header: frame.header,
+                            payload: frame.payload.to_vec(),
+                        }));
+                    }
+                }
+            },
         }
     }
 }
@@ -341,7 +391,7 @@ mod tests {
         let log = sample();
         let cut = &log.bytes[..log.bytes.len() - 3];
         let mut r = LogFileReader::from_bytes(Path::new("t.log"), cut).unwrap();
-        assert_eq!(r.remaining(), 2);
+        assert_eq!(r.remaining(), Some(2));
         r.poll_entry().unwrap();
         r.poll_entry().unwrap();
         let e = crate::error_chain(&r.poll_entry().unwrap_err());

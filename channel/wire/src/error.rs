@@ -98,7 +98,7 @@ pub enum Reason {
 /// its header and its byte offset in the stream where known.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}{}{}",
-    .seq.map(|s| format!(" (seq {s})")).unwrap_or_default(),
+    .seq.map(|s| format!(" (header claims seq {s}, unverified)")).unwrap_or_default(),
     .offset.map(|o| format!(" at offset {o}")).unwrap_or_default())]
 pub struct DecodeError {
     /// Why the bytes were rejected.

@@ -51,6 +51,16 @@ pub enum LogFileError {
     /// A frame failed to decode (carries offset and seq).
     #[error("bad frame: {0}")]
     Frame(DecodeError),
+    /// The file could not be read (streaming reader).
+    #[error("reading at offset {offset}: {kind}: {message}")]
+    Io {
+        /// Offset of what was being read.
+        offset: u64,
+        /// The OS error's kind.
+        kind: std::io::ErrorKind,
+        /// The OS error.
+        message: String,
+    },
     /// Entry sequence numbers are not contiguous.
     #[error("sequence gap at offset {offset}: expected seq {expected}, found {found}")]
     SeqGap {
@@ -147,6 +157,126 @@ impl<'a> Iterator for LogReader<'a> {
     }
 }
 
+/// Reads the frames of a log file from a byte stream (a file of any size,
+/// a pipe) with at most one frame ([`crate::MAX_FRAME_LEN`]) in memory,
+/// checking each frame and the continuity of entry sequence numbers like
+/// [`LogReader`]. Stops after the first error.
+#[derive(Debug)]
+pub struct LogStream<R> {
+    r: R,
+    buf: Vec<u8>,
+    offset: u64,
+    next_seq: Option<u64>,
+    failed: bool,
+}
+
+impl<R: std::io::Read> LogStream<R> {
+    /// Reads and checks the file header.
+    pub fn new(mut r: R) -> Result<LogStream<R>, LogFileError> {
+        let mut head = Vec::with_capacity(FILE_HEADER_LEN);
+        fill(&mut r, &mut head, FILE_HEADER_LEN, 0)?;
+        // The header checks of the in-memory reader, on the first 16 bytes.
+        LogReader::new(&head)?;
+        Ok(LogStream {
+            r,
+            buf: Vec::new(),
+            offset: FILE_HEADER_LEN as u64,
+            next_seq: None,
+            failed: false,
+        })
+    }
+
+    /// Byte offset of the next frame.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The next frame with its offset; `None` at the end of the stream.
+    pub fn next_frame(&mut self) -> Option<Result<(u64, Frame<'_>), LogFileError>> {
+        if self.failed {
+            return None;
+        }
+        let offset = self.offset;
+        self.buf.clear();
+        match self.read_frame(offset) {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                self.failed = true;
+                return Some(Err(e));
+            }
+        }
+        let item = match decode(&self.buf) {
+            Ok((frame, len)) => {
+                let seq = frame.header.seq;
+                match self.next_seq {
+                    Some(expected) if !frame.header.kind.is_control() && seq != expected => {
+                        Err(LogFileError::SeqGap {
+                            offset,
+                            expected,
+                            found: seq,
+                        })
+                    }
+                    _ => {
+                        if !frame.header.kind.is_control() {
+                            self.next_seq = Some(seq.wrapping_add(1));
+                        }
+                        self.offset += len as u64;
+                        Ok((offset, frame))
+                    }
+                }
+            }
+            Err(e) => Err(LogFileError::Frame(e.at_offset(offset))),
+        };
+        self.failed = item.is_err();
+        Some(item)
+    }
+
+    /// Reads one frame's bytes into `buf` (false: clean end of stream). A
+    /// short frame is left short for `decode` to name.
+    fn read_frame(&mut self, offset: u64) -> Result<bool, LogFileError> {
+        if fill(&mut self.r, &mut self.buf, 4, offset)? == 0 {
+            return Ok(false);
+        }
+        let len = match crate::peek_frame_len(&self.buf) {
+            Ok(Some(len)) => len,
+            // Too short for the length word: `decode` names the truncation.
+            Ok(None) => return Ok(true),
+            Err(e) => return Err(LogFileError::Frame(e.at_offset(offset))),
+        };
+        fill(&mut self.r, &mut self.buf, len, offset)?;
+        Ok(true)
+    }
+}
+
+/// Reads from `r` until `buf` holds `want` bytes or the stream ends;
+/// returns the bytes read.
+fn fill(
+    r: &mut impl std::io::Read,
+    buf: &mut Vec<u8>,
+    want: usize,
+    offset: u64,
+) -> Result<usize, LogFileError> {
+    let start = buf.len();
+    let mut chunk = [0u8; 8192];
+    while buf.len() < want {
+        let n = (want - buf.len()).min(chunk.len());
+        match r.read(&mut chunk[..n]) {
+            Ok(0) => break,
+            Ok(got) => buf.extend_from_slice(&chunk[..got]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(LogFileError::Io {
+                    offset: offset + buf.len() as u64,
+                    kind: e.kind(),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(buf.len() - start)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,5 +338,48 @@ mod tests {
             "sequence gap at offset 64: expected seq 0, found 1"
         );
         assert!(LogReader::new(b"nope").is_err());
+    }
+
+    #[test]
+    fn the_stream_reader_reads_what_the_memory_reader_reads() {
+        let f = file(&[1, 2, 3]);
+        let mut st = LogStream::new(&f[..]).unwrap();
+        let mut seen = Vec::new();
+        while let Some(item) = st.next_frame() {
+            let (off, fr) = item.unwrap();
+            seen.push((off, fr.header.seq));
+        }
+        assert_eq!(seen, vec![(16, 1), (64, 2), (112, 3)]);
+        // Cut, gap and a bad header: the same errors as in memory.
+        let cut = &f[..f.len() - 5];
+        let mut st = LogStream::new(cut).unwrap();
+        let errs: Vec<_> = std::iter::from_fn(|| st.next_frame().map(|r| r.err()))
+            .flatten()
+            .collect();
+        let mem: Vec<_> = LogReader::new(cut)
+            .unwrap()
+            .filter_map(|r| r.err())
+            .collect();
+        assert_eq!(errs, mem);
+        let f = file(&[1, 3]);
+        let mut st = LogStream::new(&f[..]).unwrap();
+        st.next_frame().unwrap().unwrap();
+        assert_eq!(
+            st.next_frame().unwrap().unwrap_err().to_string(),
+            "sequence gap at offset 64: expected seq 2, found 3"
+        );
+        assert!(LogStream::new(&b"FTVMLOG\0\x09\0\0\0\0\0\0\0"[..]).is_err());
+        // An endless stream of zeros: refused at the first frame, not read on.
+        use std::io::Read as _;
+        let mut zeros = std::io::repeat(0).take(1 << 30);
+        let mut head = file_header().to_vec();
+        head.extend(std::iter::repeat_n(0u8, 64));
+        let mut st = LogStream::new(std::io::Read::chain(&head[..], &mut zeros)).unwrap();
+        let e = st.next_frame().unwrap().unwrap_err().to_string();
+        assert!(
+            e.contains("bad frame length 0") && e.contains("offset 16"),
+            "{e}"
+        );
+        assert!(st.next_frame().is_none());
     }
 }

@@ -1,6 +1,8 @@
 //! `ftvm log inspect FILE [--json]`: decodes a log file (a `--capture` of
-//! the channel or a `--record-log` of the VMM), one entry per line; stops at
-//! the first bad frame with an error naming offset, sequence number and reason.
+//! the channel or a `--record-log` of the VMM) as a stream, one entry per
+//! line; stops at the first bad frame with an error naming offset, the seq
+//! its (unverified) header claims and reason, and says when a VMM log ends
+//! without its final checkpoint (a primary that did not stop in order).
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
@@ -8,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use ftvm_tuning::Settings;
-use ftvm_wire::logfile::LogReader;
+use ftvm_wire::logfile::LogStream;
 use ftvm_wire::{Frame, Kind};
 
 #[derive(Debug, clap::Subcommand)]
@@ -43,15 +45,18 @@ fn describe(frame: &Frame<'_>) -> String {
 }
 
 fn inspect(a: &InspectArgs) -> anyhow::Result<()> {
-    let data =
-        std::fs::read(&a.file).with_context(|| format!("reading log file {}", a.file.display()))?;
-    let reader = LogReader::new(&data).with_context(|| format!("log file {}", a.file.display()))?;
+    let file = std::fs::File::open(&a.file)
+        .with_context(|| format!("opening log file {}", a.file.display()))?;
+    let mut reader = LogStream::new(std::io::BufReader::with_capacity(1 << 16, file))
+        .with_context(|| format!("log file {}", a.file.display()))?;
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut per_kind: BTreeMap<&'static str, (u64, u64)> = BTreeMap::new();
     let (mut entries, mut outputs, mut first, mut last) = (0u64, 0u64, None, 0u64);
     let mut failure = None;
-    for item in reader {
+    // The last checkpoint seen: is it the final one?
+    let (mut vmm_log, mut ended_final) = (false, false);
+    while let Some(item) = reader.next_frame() {
         let (offset, frame) = match item {
             Ok(x) => x,
             Err(e) => {
@@ -61,6 +66,13 @@ fn inspect(a: &InspectArgs) -> anyhow::Result<()> {
         };
         let h = frame.header;
         entries += 1;
+        vmm_log |= ftvm_vmm::log::is_vmm_kind(h.kind);
+        if h.kind == Kind::Checkpoint {
+            ended_final =
+                ftvm_vmm::CheckpointRecord::from_bytes(frame.payload).is_some_and(|c| c.is_final);
+        } else if !h.kind.is_control() {
+            ended_final = false;
+        }
         outputs += u64::from(h.kind.is_output());
         first.get_or_insert(h.seq);
         last = h.seq;
@@ -98,7 +110,10 @@ fn inspect(a: &InspectArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    let bytes = data.len();
+    let bytes = reader.offset();
+    // A VMM log without its final checkpoint: the primary did not stop in
+    // order (killed, lost its backup and its generation, or still running).
+    let unfinished = failure.is_none() && vmm_log && !ended_final;
     if a.json {
         let kinds: serde_json::Map<String, serde_json::Value> = per_kind
             .iter()
@@ -108,7 +123,8 @@ fn inspect(a: &InspectArgs) -> anyhow::Result<()> {
             out,
             "{}",
             serde_json::json!({"summary": {"file_bytes": bytes, "entries": entries, "outputs": outputs,
-                "first_seq": first, "last_seq": last, "kinds": kinds, "complete": failure.is_none()}})
+                "first_seq": first, "last_seq": last, "kinds": kinds, "complete": failure.is_none(),
+                "final_checkpoint": ended_final}})
         );
     } else {
         let _ = writeln!(
@@ -119,6 +135,12 @@ fn inspect(a: &InspectArgs) -> anyhow::Result<()> {
         );
         for (k, (n, b)) in &per_kind {
             let _ = writeln!(out, "  {k:<13} {n:>10} entries {b:>12} bytes");
+        }
+        if unfinished {
+            let _ = writeln!(
+                out,
+                "  ends without the final checkpoint after seq {last}: the recording did not stop in order (killed, or still running); a replay stops there with LogEnded"
+            );
         }
     }
     let _ = out.flush();

@@ -232,7 +232,7 @@ fn log_inspect_names_offset_seq_and_reason_of_a_bad_frame() {
     let err = ftvm_testkit::checked_stderr(&out.stderr);
     assert!(
         err.contains(&format!("offset {third}"))
-            && err.contains("seq 3")
+            && err.contains("header claims seq 3, unverified")
             && err.contains("CRC mismatch"),
         "{err}"
     );
@@ -251,6 +251,38 @@ fn log_inspect_names_offset_seq_and_reason_of_a_bad_frame() {
     assert!(
         err.contains("truncated") && err.contains(&format!("offset {third}")),
         "{err}"
+    );
+
+    // Streamed, not read whole: an endless device is refused at once.
+    let out = ftvm()
+        .args(["log", "inspect", "/dev/zero"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = ftvm_testkit::checked_stderr(&out.stderr);
+    assert!(
+        err.contains("not an ftvm log file") && err.contains("offset 0"),
+        "{err}"
+    );
+
+    // A VMM log that ends without its final checkpoint says so.
+    let mut data = ftvm_wire::logfile::file_header().to_vec();
+    for seq in 1..=2 {
+        encode(
+            &mut f,
+            &Header::new(Kind::PortIn, seq, seq, 8),
+            &seq.to_le_bytes(),
+        )
+        .unwrap();
+        data.extend_from_slice(&f);
+    }
+    std::fs::write(&path, &data).unwrap();
+    let out = ftvm().args(["log", "inspect"]).arg(&path).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ends without the final checkpoint after seq 2"),
+        "{text}"
     );
 }
 
