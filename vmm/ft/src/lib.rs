@@ -44,6 +44,7 @@ pub mod driver;
 mod gate;
 pub mod golive;
 pub mod local;
+pub mod metrics;
 mod pair;
 pub mod rejoin;
 pub mod service;
@@ -53,7 +54,9 @@ pub mod spare;
 mod standby;
 pub mod status;
 
-pub use driver::{DriverError, DriverShared, PairIdentity, PrimaryDriver, Protection};
+pub use driver::{
+    ChannelTotals, DriverError, DriverShared, PairIdentity, PrimaryDriver, Protection,
+};
 pub use gate::{ChannelGate, GateCounters};
 pub use golive::{BackupFailover, BackupPhase, BackupStatus, Timeline};
 pub use pair::{
