@@ -39,6 +39,10 @@
 //! 2. [`BackupEnd::install`]: the VM replays from a [`ChannelSource`]
 //!    through a [`StandbyGate`], with a [`BackupFailover`] plan;
 //! 3. primary lost: drain, race for N+1, go live ([`golive`]) or stop.
+//!
+//! Either side reports through [`status`] (JSON for `ftvm status`) and
+//! [`metrics`] (Prometheus, docs/operations.md), both reading the same
+//! counters.
 
 pub mod driver;
 mod gate;
