@@ -96,6 +96,9 @@ pub struct BackupArgs {
     /// Serve status (JSON) on this TCP address (`ftvm status ADDR`).
     #[arg(long)]
     pub status: Option<String>,
+    /// Serve Prometheus metrics on `http://ADDR/metrics` (docs/operations.md).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// Seconds to wait for a primary.
     #[arg(long, default_value_t = 3600)]
     pub wait_secs: u64,
@@ -177,6 +180,7 @@ pub fn run_primary(
     settings: &Settings,
     protect: &Protect,
     status_addr: Option<&str>,
+    metrics: Option<ftvm_ft::metrics::MetricsEndpoint>,
     record_log: Option<&std::path::Path>,
     pair: &PairArgs,
     floating: Option<&FloatingIp>,
@@ -252,6 +256,11 @@ pub fn run_primary(
         )
         .with_context(|| format!("serving status on {addr}"))?;
         eprintln!("ftvm primary: status on {local}");
+    }
+    if let Some(m) = metrics {
+        let view = ftvm_ft::metrics::PrimaryMetrics::new(&vm, &end);
+        let local = m.serve(Arc::new(move || view.encode()))?;
+        eprintln!("ftvm primary: metrics on http://{local}/metrics");
     }
     let sink = end.install(&mut c);
     let sink: Box<dyn ftvm_vmm::LogSink> = match record_log {
@@ -424,6 +433,10 @@ pub fn run_backup(a: BackupArgs, settings: &Settings) -> anyhow::Result<RunOutco
         vm: a.pair.vm.clone(),
         status: Arc::new(ftvm_ft::BackupStatus::default()),
     };
+    if let Some(addr) = &a.metrics {
+        let local = ftvm_ft::metrics::serve_backup("--metrics", addr, opts.status.clone())?;
+        eprintln!("ftvm backup: metrics on http://{local}/metrics");
+    }
     if let Some(addr) = &a.status {
         let status = opts.status.clone();
         let local = ftvm_ft::status::serve(

@@ -66,6 +66,10 @@ pub struct PrimaryArgs {
     /// --backup, --spare or --find-spares.
     #[arg(long)]
     status: Option<String>,
+    /// Serve Prometheus metrics on `http://ADDR/metrics` (docs/operations.md);
+    /// with --backup, --spare or --find-spares.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     #[command(flatten)]
     pair: crate::ft_cmd::PairArgs,
 }
@@ -141,12 +145,20 @@ fn primary(a: PrimaryArgs, settings: &Settings) -> anyhow::Result<()> {
     if protect.is_none() && a.status.is_some() {
         anyhow::bail!("--status needs --backup, --spare or --find-spares (a pair to report on)");
     }
+    if protect.is_none() && a.metrics.is_some() {
+        anyhow::bail!("--metrics needs --backup, --spare or --find-spares (a pair to report on)");
+    }
+    // Bound now: a busy address fails before the pair forms.
+    let metrics = (a.metrics.as_deref())
+        .map(|addr| ftvm_ft::metrics::MetricsEndpoint::bind("--metrics", addr))
+        .transpose()?;
     if let Some(protect) = &protect {
         let outcome = crate::ft_cmd::run_primary(
             c,
             settings,
             protect,
             a.status.as_deref(),
+            metrics,
             a.record_log.as_deref(),
             &a.pair,
             floating.as_ref(),

@@ -39,7 +39,7 @@ use ftvm_channel::{AckGate, ChannelError, Primary, PrimaryStats};
 use ftvm_ring::log::Consumer;
 use ftvm_vmm::{EventSource, EventSourceError, PollPoint, Release};
 
-use crate::gate::GateCounters;
+use crate::gate::{GateCounters, Submitted};
 use crate::pair::GiveUp;
 
 /// Where a pair stands, as the primary's driver sees it.
@@ -115,6 +115,13 @@ pub struct DriverShared {
     /// When the backup was found lost, and when the arbiter answered (Unix µs).
     lost_unix_us: AtomicU64,
     decided_unix_us: AtomicU64,
+    /// Channel counters over every backup this primary had (`ChannelTotals`).
+    entries_sent: AtomicU64,
+    entry_bytes_sent: AtomicU64,
+    acks: AtomicU64,
+    /// Backups lost, and races for the next generation won after a loss.
+    backup_losses: AtomicU64,
+    races_won: AtomicU64,
     /// Why the backup was lost / who won, for messages.
     note: Mutex<String>,
     stats: Mutex<Option<PrimaryStats>>,
@@ -126,7 +133,7 @@ pub struct DriverShared {
 }
 
 impl DriverShared {
-    fn new(generation: u64, protection: Protection) -> std::io::Result<DriverShared> {
+    pub(crate) fn new(generation: u64, protection: Protection) -> std::io::Result<DriverShared> {
         let (kick_tx, kick_rx) = UnixDatagram::pair()?;
         kick_tx.set_nonblocking(true)?;
         kick_rx.set_nonblocking(true)?;
@@ -140,6 +147,11 @@ impl DriverShared {
             arbitration_us: AtomicU64::new(0),
             lost_unix_us: AtomicU64::new(0),
             decided_unix_us: AtomicU64::new(0),
+            entries_sent: AtomicU64::new(0),
+            entry_bytes_sent: AtomicU64::new(0),
+            acks: AtomicU64::new(0),
+            backup_losses: AtomicU64::new(0),
+            races_won: AtomicU64::new(0),
             note: Mutex::new(String::new()),
             stats: Mutex::new(None),
             transfer: Mutex::new(TransferView::default()),
@@ -191,6 +203,27 @@ impl DriverShared {
             self.lost_unix_us.load(Ordering::Relaxed),
             self.decided_unix_us.load(Ordering::Relaxed),
         )
+    }
+
+    /// Entries and bytes shipped and ACKs received, added up over every
+    /// backup this primary had (a re-protected pair goes on counting).
+    pub fn channel_totals(&self) -> ChannelTotals {
+        // Relaxed: reporting counters.
+        ChannelTotals {
+            entries_sent: self.entries_sent.load(Ordering::Relaxed),
+            entry_bytes_sent: self.entry_bytes_sent.load(Ordering::Relaxed),
+            acks: self.acks.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Backups lost so far.
+    pub fn backup_losses(&self) -> u64 {
+        self.backup_losses.load(Ordering::Relaxed)
+    }
+
+    /// Races for the next generation won after losing a backup.
+    pub fn races_won(&self) -> u64 {
+        self.races_won.load(Ordering::Relaxed)
     }
 
     /// Why the backup was lost, who won: the last state change's story.
@@ -245,14 +278,42 @@ impl DriverShared {
         let _ = self.kick_tx.send(&[1]);
     }
 
-    fn publish(&self, p: &Primary) {
+    /// Publishes `p`'s position and counters; `before` is what the
+    /// backups before it shipped (the totals stay monotonic).
+    fn publish(&self, p: &Primary, before: ChannelTotals) {
         let (replayed, ordinal) = p.replay();
+        let now = before.plus(&p.stats());
         // Relaxed: reporting values; releases are decided by the driver
         // itself, never from these.
         self.acked.store(p.acked_seq(), Ordering::Relaxed);
         self.replayed.store(replayed, Ordering::Relaxed);
         self.replay_ordinal.store(ordinal, Ordering::Relaxed);
         self.last_sent.store(p.last_sent_seq(), Ordering::Relaxed);
+        self.entries_sent.store(now.entries_sent, Ordering::Relaxed);
+        self.entry_bytes_sent
+            .store(now.entry_bytes_sent, Ordering::Relaxed);
+        self.acks.store(now.acks, Ordering::Relaxed);
+    }
+}
+
+/// Channel counters of a primary over all its backups.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelTotals {
+    /// Log entries handed to the transport.
+    pub entries_sent: u64,
+    /// Log bytes handed to the transport.
+    pub entry_bytes_sent: u64,
+    /// ACK frames received.
+    pub acks: u64,
+}
+
+impl ChannelTotals {
+    fn plus(self, s: &PrimaryStats) -> ChannelTotals {
+        ChannelTotals {
+            entries_sent: self.entries_sent + s.entries_sent,
+            entry_bytes_sent: self.entry_bytes_sent + s.entry_bytes_sent,
+            acks: self.acks + s.acks,
+        }
     }
 }
 
@@ -344,8 +405,8 @@ pub enum DriverError {
 /// The primary's driver (module doc).
 pub struct PrimaryDriver {
     state: State,
-    gate: AckGate<Release>,
-    outputs: Receiver<(u64, Release)>,
+    gate: AckGate<(Instant, Release)>,
+    outputs: Receiver<Submitted>,
     pair: PairIdentity,
     shared: Arc<DriverShared>,
     counters: Arc<GateCounters>,
@@ -356,6 +417,8 @@ pub struct PrimaryDriver {
     cause: String,
     /// Spares joining an unprotected driver (`crate::rejoin`).
     joins: Option<Joins>,
+    /// What the backups before the current one shipped.
+    shipped_before: ChannelTotals,
 }
 
 /// What an unprotected driver needs to take a spare as its backup.
@@ -417,14 +480,14 @@ impl PrimaryDriver {
     /// the VM's gate through `outputs`.
     pub(crate) fn new(
         primary: Primary,
-        outputs: Receiver<(u64, Release)>,
+        outputs: Receiver<Submitted>,
         pair: PairIdentity,
         counters: Arc<GateCounters>,
         give_up: GiveUp,
         finish_timeout: Duration,
     ) -> std::io::Result<PrimaryDriver> {
         let shared = Arc::new(DriverShared::new(pair.generation, Protection::Protected)?);
-        shared.publish(&primary);
+        shared.publish(&primary, ChannelTotals::default());
         Ok(PrimaryDriver {
             state: State::Protected(Box::new(primary)),
             gate: AckGate::new(),
@@ -436,6 +499,7 @@ impl PrimaryDriver {
             finish_timeout,
             cause: String::new(),
             joins: None,
+            shipped_before: ChannelTotals::default(),
         })
     }
 
@@ -443,7 +507,7 @@ impl PrimaryDriver {
     /// drained and discarded) that takes spares through `joins`.
     pub(crate) fn unprotected(
         consumer: Consumer,
-        outputs: Receiver<(u64, Release)>,
+        outputs: Receiver<Submitted>,
         pair: PairIdentity,
         counters: Arc<GateCounters>,
         give_up: GiveUp,
@@ -462,6 +526,7 @@ impl PrimaryDriver {
             finish_timeout,
             cause: String::new(),
             joins: Some(joins),
+            shipped_before: ChannelTotals::default(),
         })
     }
 
@@ -499,7 +564,7 @@ impl PrimaryDriver {
                     };
                     match Primary::join(t, &joins.channel, hello, consumer) {
                         Ok(p) => {
-                            self.shared.publish(&p);
+                            self.shared.publish(&p, self.shipped_before);
                             let msg = format!(
                                 "PROTECTED again by the spare at {spare}: VM {:?} at generation {}, log from seq {at}",
                                 self.pair.vm, self.pair.generation
@@ -552,7 +617,7 @@ impl PrimaryDriver {
                 match polled {
                     Ok(w) => {
                         work += w;
-                        self.shared.publish(p);
+                        self.shared.publish(p, self.shipped_before);
                     }
                     Err(e) => self.backup_lost(e)?,
                 }
@@ -602,8 +667,10 @@ impl PrimaryDriver {
             return 0;
         };
         let mut last = None;
-        let n = self.gate.release(bound, |seq, release| {
+        let latency = &self.counters.release_latency;
+        let n = self.gate.release(bound, |seq, (submitted, release)| {
             release();
+            latency.observe(now.saturating_duration_since(submitted));
             last = Some(seq);
         });
         if n > 0 {
@@ -619,10 +686,10 @@ impl PrimaryDriver {
     }
 
     fn take_outputs(&mut self) {
-        while let Ok((seq, release)) = self.outputs.try_recv() {
+        while let Ok((seq, submitted, release)) = self.outputs.try_recv() {
             // The VM submits outputs in seq order; a violation would be a
             // VMM bug, and such an output is dropped unreleased (never early).
-            let _ = self.gate.hold(seq, release);
+            let _ = self.gate.hold(seq, (submitted, release));
         }
     }
 
@@ -661,7 +728,10 @@ impl PrimaryDriver {
                 arbiter: "arbitrating".into(),
             },
         ) {
-            State::Protected(p) => p.into_consumer(),
+            State::Protected(p) => {
+                self.shipped_before = self.shipped_before.plus(&p.stats());
+                p.into_consumer()
+            }
             State::Joining { consumer, .. } => consumer,
             other => {
                 self.state = other;
@@ -671,6 +741,8 @@ impl PrimaryDriver {
         self.shared
             .lost_unix_us
             .store(crate::golive::unix_us(), Ordering::Relaxed);
+        // Relaxed: a reporting counter.
+        self.shared.backup_losses.fetch_add(1, Ordering::Relaxed);
         self.cause = ftvm_vmm::error_chain(&error);
         let generation = self.pair.generation + 1;
         self.take_outputs();
@@ -719,6 +791,8 @@ impl PrimaryDriver {
             Ok(Decision::Won) => {
                 self.pair.generation = generation;
                 self.shared.generation.store(generation, Ordering::Relaxed);
+                // Relaxed: a reporting counter.
+                self.shared.races_won.fetch_add(1, Ordering::Relaxed);
                 let held = self.gate.held();
                 self.state = State::Unprotected(consumer);
                 let msg = format!(
@@ -770,7 +844,7 @@ impl PrimaryDriver {
         if let State::Protected(p) = &mut self.state {
             match p.finish(self.finish_timeout) {
                 Ok(stats) => {
-                    self.shared.publish(p);
+                    self.shared.publish(p, self.shipped_before);
                     *self
                         .shared
                         .stats

@@ -4,18 +4,27 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use ftvm_vmm::{OutputGate, Release};
 use ftvm_wire::Kind;
 
-/// Counters of held and released outputs (read by the status endpoint).
+/// An output on its way to the driver: its OUTPUT entry's seq, when the VM
+/// submitted it (the start of its output-rule latency) and the action.
+pub(crate) type Submitted = (u64, Instant, Release);
+
+/// Counters of held and released outputs (read by the status and metrics
+/// endpoints).
 #[derive(Debug, Default)]
 pub struct GateCounters {
     /// Outputs submitted in record mode.
     pub submitted: AtomicU64,
     /// Outputs released by the driver.
     pub released: AtomicU64,
+    /// Submit-to-release time of each released output (the driver
+    /// observes it with the clock reading it releases by).
+    pub release_latency: crate::metrics::LatencyHistogram,
 }
 
 impl GateCounters {
@@ -30,7 +39,7 @@ impl GateCounters {
 
 /// The VM's output gate on a protected primary.
 pub struct ChannelGate {
-    tx: Sender<(u64, Release)>,
+    tx: Sender<Submitted>,
     counters: Arc<GateCounters>,
 }
 
@@ -53,14 +62,14 @@ impl OutputGate for ChannelGate {
                 // The receiver lives as long as the driver; once it is gone
                 // the output stays held forever — never released without
                 // the fence's consent.
-                let _ = self.tx.send((seq, release));
+                let _ = self.tx.send((seq, Instant::now(), release));
             }
         }
     }
 }
 
 /// The VM's gate, the driver's end of it, and the counters.
-pub(crate) fn gate_channel() -> (ChannelGate, Receiver<(u64, Release)>, Arc<GateCounters>) {
+pub(crate) fn gate_channel() -> (ChannelGate, Receiver<Submitted>, Arc<GateCounters>) {
     let (tx, rx) = crossbeam_channel::unbounded();
     let counters = Arc::new(GateCounters::default());
     (

@@ -39,11 +39,16 @@
 //! 2. [`BackupEnd::install`]: the VM replays from a [`ChannelSource`]
 //!    through a [`StandbyGate`], with a [`BackupFailover`] plan;
 //! 3. primary lost: drain, race for N+1, go live ([`golive`]) or stop.
+//!
+//! Either side reports through [`status`] (JSON for `ftvm status`) and
+//! [`metrics`] (Prometheus, docs/operations.md), both reading the same
+//! counters.
 
 pub mod driver;
 mod gate;
 pub mod golive;
 pub mod local;
+pub mod metrics;
 mod pair;
 pub mod rejoin;
 pub mod service;
@@ -53,7 +58,9 @@ pub mod spare;
 mod standby;
 pub mod status;
 
-pub use driver::{DriverError, DriverShared, PairIdentity, PrimaryDriver, Protection};
+pub use driver::{
+    ChannelTotals, DriverError, DriverShared, PairIdentity, PrimaryDriver, Protection,
+};
 pub use gate::{ChannelGate, GateCounters};
 pub use golive::{BackupFailover, BackupPhase, BackupStatus, Timeline};
 pub use pair::{

@@ -238,7 +238,7 @@ fn spawn_driver(
     transport: Box<dyn ftvm_channel::transport::Transport>,
     settings: &Settings,
     hello: ftvm_channel::HelloParams,
-    outputs: crossbeam_channel::Receiver<(u64, ftvm_vmm::Release)>,
+    outputs: crossbeam_channel::Receiver<crate::gate::Submitted>,
     opts: &PrimaryOptions,
     counters: &Arc<GateCounters>,
 ) -> Result<(DriverThread, Appender), ChannelError> {

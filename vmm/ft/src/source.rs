@@ -38,6 +38,21 @@ pub struct SourceStats {
     pub exit_ordinal: AtomicU64,
     /// Entries received but not yet replayed.
     pub backlog: AtomicU64,
+    /// Log entries received and validated (threaded mode: as drained).
+    pub received: AtomicU64,
+    /// Bytes of those entries (threaded mode: when the channel ends).
+    pub received_bytes: AtomicU64,
+    /// ACK frames sent (threaded mode: when the channel ends).
+    pub acks_sent: AtomicU64,
+}
+
+impl SourceStats {
+    fn publish(&self, s: &ftvm_channel::BackupStats) {
+        // Relaxed: reporting counters.
+        self.received.store(s.entries, Ordering::Relaxed);
+        self.received_bytes.store(s.entry_bytes, Ordering::Relaxed);
+        self.acks_sent.store(s.acks, Ordering::Relaxed);
+    }
 }
 
 /// Why the backup stopped replaying, told to the primary in a Stop frame
@@ -175,6 +190,7 @@ impl ChannelSource {
                 });
                 // Relaxed: a watermark for the standby gate, read on this thread.
                 self.released.store(b.released_seq(), Ordering::Relaxed);
+                self.stats.publish(&b.stats());
                 match result {
                     Ok(_) if b.is_ended() => Some(Ok(())),
                     Ok(_) => None,
@@ -183,15 +199,22 @@ impl ChannelSource {
             }
             Drive::Threaded { feed, handle } => {
                 let finished = handle.as_ref().is_none_or(BackupHandle::is_finished);
-                feed.drain(|f| buf.push_back(owned(f)));
+                let n = feed.drain(|f| buf.push_back(owned(f)));
+                // Relaxed: a reporting counter.
+                self.stats.received.fetch_add(n as u64, Ordering::Relaxed);
                 if let Some(h) = handle.as_ref() {
                     self.released.store(h.released_seq(), Ordering::Relaxed);
                 }
                 if finished {
                     // Everything the thread received before it stopped is drained.
-                    feed.drain(|f| buf.push_back(owned(f)));
+                    let n = feed.drain(|f| buf.push_back(owned(f)));
+                    self.stats.received.fetch_add(n as u64, Ordering::Relaxed);
+                    let stats = &self.stats;
                     Some(match handle.take() {
-                        Some(mut h) => h.join().map(|_| ()).map_err(|e| describe(&e)),
+                        Some(mut h) => h
+                            .join()
+                            .map(|s| stats.publish(&s))
+                            .map_err(|e| describe(&e)),
                         None => Ok(()),
                     })
                 } else {

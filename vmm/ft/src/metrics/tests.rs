@@ -1,0 +1,202 @@
+use std::collections::HashMap;
+use std::io::{Read, Write};
+
+use super::*;
+use crate::driver::Protection;
+
+/// A sample as the text format writes it: name, labels, value.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: HashMap<String, String>,
+    value: f64,
+}
+
+/// A strict enough reader of the text format: every line is a comment
+/// (`# HELP`, `# TYPE`, `# UNIT`, `# EOF` last) or `name{labels} value`.
+fn parse(text: &str) -> Vec<Sample> {
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.last(), Some(&"# EOF"), "{text}");
+    let mut out = Vec::new();
+    for line in &lines[..lines.len() - 1] {
+        if let Some(c) = line.strip_prefix("# ") {
+            let kind = c.split(' ').next().unwrap();
+            assert!(matches!(kind, "HELP" | "TYPE" | "UNIT"), "{line}");
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect(line);
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, l.strip_suffix('}').expect(line)),
+            None => (series, ""),
+        };
+        let labels = labels
+            .split(',')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (k, v) = l.split_once('=').expect(line);
+                (k.to_string(), v.trim_matches('"').to_string())
+            })
+            .collect();
+        let value = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().expect(line),
+        };
+        out.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+fn value(samples: &[Sample], name: &str, label: Option<(&str, &str)>) -> f64 {
+    let found: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k).map(String::as_str) == Some(v)))
+        .collect();
+    assert_eq!(found.len(), 1, "{name} {label:?}: {found:?}");
+    found[0].value
+}
+
+#[test]
+fn histogram_buckets_follow_le_semantics() {
+    let h = LatencyHistogram::default();
+    for us in [0, 5, 6, 1_000, 1_000_001] {
+        h.observe(Duration::from_micros(us));
+    }
+    let s = h.snapshot();
+    assert_eq!(s.count(), 5);
+    assert_eq!(s.counts[0], 2, "0 and 5 µs are <= 5 µs");
+    assert_eq!(s.counts[1], 1, "6 µs is <= 10 µs");
+    let ms = LATENCY_BOUNDS_US.iter().position(|&b| b == 1_000).unwrap();
+    assert_eq!(s.counts[ms], 1, "1 ms is <= 1 ms");
+    assert_eq!(s.counts[BUCKETS - 1], 1, "above the last bound");
+    assert!((s.sum_seconds - 1.001012).abs() < 1e-9, "{}", s.sum_seconds);
+}
+
+#[test]
+fn primary_metrics_encode_as_documented() {
+    let shared = Arc::new(DriverShared::new(3, Protection::Protected).unwrap());
+    let gate = Arc::new(GateCounters::default());
+    let sink = Arc::new(SinkStats::default());
+    sink.entries.store(10, Ordering::Relaxed);
+    sink.bytes.store(1_280, Ordering::Relaxed);
+    sink.lag_us.store(1_500, Ordering::Relaxed);
+    sink.full_wait_us.store(2_000_000, Ordering::Relaxed);
+    gate.submitted.store(4, Ordering::Relaxed);
+    gate.released.store(3, Ordering::Relaxed);
+    for us in [20, 40, 300] {
+        gate.release_latency.observe(Duration::from_micros(us));
+    }
+    let text = PrimaryMetrics::from_parts("kv-1", shared, gate, sink).encode();
+    let samples = parse(&text);
+    for s in &samples {
+        assert_eq!(s.labels["role"], "primary", "{s:?}");
+        assert_eq!(s.labels["vm"], "kv-1", "{s:?}");
+        assert!(s.name.starts_with("ftvm_"), "{s:?}");
+    }
+    assert_eq!(value(&samples, "ftvm_log_entries_total", None), 10.0);
+    assert_eq!(value(&samples, "ftvm_log_bytes_total", None), 1_280.0);
+    assert_eq!(value(&samples, "ftvm_outputs_held", None), 1.0);
+    assert_eq!(value(&samples, "ftvm_replay_lag_seconds", None), 0.0015);
+    assert_eq!(
+        value(&samples, "ftvm_flow_control_wait_seconds_total", None),
+        2.0
+    );
+    assert_eq!(value(&samples, "ftvm_generation", None), 3.0);
+    for state in PROTECTION_STATES {
+        let v = value(&samples, "ftvm_protection_state", Some(("state", state)));
+        assert_eq!(v, f64::from(u8::from(state == "protected")), "{state}");
+    }
+    let h = "ftvm_output_release_latency_seconds";
+    assert_eq!(value(&samples, &format!("{h}_count"), None), 3.0);
+    assert!((value(&samples, &format!("{h}_sum"), None) - 0.00036).abs() < 1e-12);
+    assert_eq!(
+        value(&samples, &format!("{h}_bucket"), Some(("le", "0.000025"))),
+        1.0
+    );
+    assert_eq!(
+        value(&samples, &format!("{h}_bucket"), Some(("le", "0.00005"))),
+        2.0
+    );
+    assert_eq!(
+        value(&samples, &format!("{h}_bucket"), Some(("le", "+Inf"))),
+        3.0
+    );
+    let buckets: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.name == format!("{h}_bucket"))
+        .map(|s| s.value)
+        .collect();
+    assert_eq!(buckets.len(), BUCKETS);
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+}
+
+/// Every state the driver can be in is exported under its own name.
+#[test]
+fn every_protection_state_is_exported() {
+    for p in [
+        Protection::Protected,
+        Protection::Arbitrating,
+        Protection::Unprotected,
+        Protection::Lost,
+        Protection::Finished,
+        Protection::Joining,
+    ] {
+        assert!(PROTECTION_STATES.contains(&p.name()), "{}", p.name());
+    }
+}
+
+#[test]
+fn backup_metrics_encode_as_documented() {
+    let status = BackupStatus::default();
+    status.paired("kv-1", 2);
+    status.replay.replayed.store(42, Ordering::Relaxed);
+    status.replay.received.store(43, Ordering::Relaxed);
+    let samples = parse(&encode_backup(&status));
+    assert_eq!(value(&samples, "ftvm_last_seq_replayed", None), 42.0);
+    assert_eq!(
+        value(&samples, "ftvm_log_entries_received_total", None),
+        43.0
+    );
+    assert_eq!(value(&samples, "ftvm_generation", None), 2.0);
+    assert_eq!(value(&samples, "ftvm_failovers_total", None), 0.0);
+    for phase in BACKUP_PHASES {
+        let v = value(&samples, "ftvm_backup_phase", Some(("phase", phase)));
+        assert_eq!(v, f64::from(u8::from(phase == "replaying")), "{phase}");
+    }
+    assert!(samples.iter().all(|s| s.labels["role"] == "backup"));
+}
+
+fn get(addr: &str, path: &str) -> String {
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(c, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).unwrap();
+    reply
+}
+
+#[test]
+fn the_endpoint_serves_get_metrics_only_and_names_a_busy_address() {
+    let e = MetricsEndpoint::bind("--metrics", "127.0.0.1:0").unwrap();
+    let busy = e.local_addr().to_string();
+    let err = MetricsEndpoint::bind("--metrics", &busy)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(&format!("--metrics {busy}: binding the metrics endpoint: ")),
+        "{err}"
+    );
+    let addr = e.serve(Arc::new(|| "# EOF\n".to_string())).unwrap();
+    let ok = get(&addr, "/metrics");
+    assert!(
+        ok.starts_with("HTTP/1.0 200") || ok.starts_with("HTTP/1.1 200"),
+        "{ok}"
+    );
+    assert!(ok.contains(CONTENT_TYPE), "{ok}");
+    assert!(ok.ends_with("# EOF\n"), "{ok}");
+    let missing = get(&addr, "/");
+    assert!(missing.contains(" 404 "), "{missing}");
+}
