@@ -46,6 +46,7 @@ pub mod dirty;
 pub mod error;
 pub mod event;
 pub mod failover;
+pub mod inspect;
 pub mod journal;
 pub mod layout;
 pub mod log;
