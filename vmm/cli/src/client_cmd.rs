@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ftvm_kvproto::Op;
 use ftvm_kvproto::client::KvClient;
-use ftvm_kvproto::load::{LoadConfig, LoadReport, OpMix, run_load};
+use ftvm_kvproto::load::{LoadConfig, OpMix, run_load};
 use ftvm_tuning::Settings;
 
 #[derive(Debug, clap::Args)]
@@ -169,72 +169,7 @@ fn run_load_cmd(
     cfg.threads = l.threads;
     cfg.max_value_len = l.max_value_len;
     let report = run_load(&cfg)?;
-    print_report(&cfg, &report);
-    if report.lost_writes > 0 || report.applied_twice > 0 {
-        anyhow::bail!(
-            "final check: {} acknowledged writes lost, {} applied twice",
-            report.lost_writes,
-            report.applied_twice
-        );
-    }
-    if report.errors > 0 {
-        anyhow::bail!(
-            "{} of {} replies disagreed with the model; first: {}",
-            report.errors,
-            report.ops,
-            report.first_errors.first().map_or("", String::as_str)
-        );
-    }
+    print!("{}", report.render(&cfg));
+    report.verdict()?;
     Ok(())
-}
-
-fn print_report(cfg: &LoadConfig, r: &LoadReport) {
-    let mode = match cfg.rate {
-        Some(rate) => format!("open loop at {rate} ops/s"),
-        None => "closed loop".to_string(),
-    };
-    let servers: Vec<String> = cfg.servers().iter().map(ToString::to_string).collect();
-    println!(
-        "load: {} clients on {} thread(s), {} ops, {mode}, server {}",
-        cfg.clients,
-        cfg.threads,
-        r.ops,
-        servers.join(",")
-    );
-    println!(
-        "  {:>10.0} ops/s  elapsed {:.3} s  retries {}  duplicate replies {}  errors {}",
-        r.ops_per_sec(),
-        r.elapsed.as_secs_f64(),
-        r.retries,
-        r.duplicate_replies,
-        r.errors
-    );
-    println!(
-        "  latency µs  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
-        r.latency_us(0.5),
-        r.latency_us(0.9),
-        r.latency_us(0.99),
-        r.latency_us(0.999),
-        r.max_us()
-    );
-    println!(
-        "  ops  PUT {}  GET {}  APPEND {}  CAS {}",
-        r.per_op[0], r.per_op[1], r.per_op[2], r.per_op[3]
-    );
-    println!(
-        "  longest stall {:.1} ms",
-        r.longest_stall.as_secs_f64() * 1e3
-    );
-    for s in &r.by_source {
-        println!("  replies from {}: {}", s.addr, s.replies);
-    }
-    if cfg.final_check {
-        println!(
-            "  final check: {} keys read back, {} acknowledged writes lost, {} applied twice",
-            r.keys_checked, r.lost_writes, r.applied_twice
-        );
-    }
-    for e in &r.first_errors {
-        println!("  error: {e}");
-    }
 }

@@ -319,7 +319,110 @@ fn note_source(v: &mut Vec<SourceReplies>, addr: SocketAddr, at: u64) {
     }
 }
 
+/// A load that ran but found the server wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadVerdict {
+    /// The final check found acknowledged writes missing or doubled.
+    #[error("final check: {lost} acknowledged writes lost, {twice} applied twice")]
+    Lost {
+        /// Acknowledged writes missing.
+        lost: u64,
+        /// Writes applied twice.
+        twice: u64,
+    },
+    /// Replies disagreed with the clients' model.
+    #[error("{errors} of {ops} replies disagreed with the model; first: {first}")]
+    Wrong {
+        /// Wrong replies.
+        errors: u64,
+        /// Replies in all.
+        ops: u64,
+        /// The first, described.
+        first: String,
+    },
+}
+
 impl LoadReport {
+    /// Ok when nothing was lost, doubled or wrong.
+    pub fn verdict(&self) -> Result<(), LoadVerdict> {
+        if self.lost_writes > 0 || self.applied_twice > 0 {
+            return Err(LoadVerdict::Lost {
+                lost: self.lost_writes,
+                twice: self.applied_twice,
+            });
+        }
+        if self.errors > 0 {
+            return Err(LoadVerdict::Wrong {
+                errors: self.errors,
+                ops: self.ops,
+                first: self.first_errors.first().cloned().unwrap_or_default(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The report as `ftvm client load` prints it.
+    pub fn render(&self, cfg: &LoadConfig) -> String {
+        use std::fmt::Write as _;
+        let r = self;
+        let mode = match cfg.rate {
+            Some(rate) => format!("open loop at {rate} ops/s"),
+            None => "closed loop".to_string(),
+        };
+        let servers: Vec<String> = cfg.servers().iter().map(ToString::to_string).collect();
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "load: {} clients on {} thread(s), {} ops, {mode}, server {}",
+            cfg.clients,
+            cfg.threads,
+            r.ops,
+            servers.join(",")
+        );
+        let _ = writeln!(
+            o,
+            "  {:>10.0} ops/s  elapsed {:.3} s  retries {}  duplicate replies {}  errors {}",
+            r.ops_per_sec(),
+            r.elapsed.as_secs_f64(),
+            r.retries,
+            r.duplicate_replies,
+            r.errors
+        );
+        let _ = writeln!(
+            o,
+            "  latency µs  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+            r.latency_us(0.5),
+            r.latency_us(0.9),
+            r.latency_us(0.99),
+            r.latency_us(0.999),
+            r.max_us()
+        );
+        let _ = writeln!(
+            o,
+            "  ops  PUT {}  GET {}  APPEND {}  CAS {}",
+            r.per_op[0], r.per_op[1], r.per_op[2], r.per_op[3]
+        );
+        let _ = writeln!(
+            o,
+            "  longest stall {:.1} ms",
+            r.longest_stall.as_secs_f64() * 1e3
+        );
+        for s in &r.by_source {
+            let _ = writeln!(o, "  replies from {}: {}", s.addr, s.replies);
+        }
+        if cfg.final_check {
+            let _ = writeln!(
+                o,
+                "  final check: {} keys read back, {} acknowledged writes lost, {} applied twice",
+                r.keys_checked, r.lost_writes, r.applied_twice
+            );
+        }
+        for e in &r.first_errors {
+            let _ = writeln!(o, "  error: {e}");
+        }
+        o
+    }
+
     /// Completed ops per second.
     pub fn ops_per_sec(&self) -> f64 {
         let s = self.elapsed.as_secs_f64();
