@@ -146,3 +146,144 @@ fn a_local_disk_replays_onto_its_own_copy_byte_identical_and_a_differing_copy_is
     let e = replay(&log, |c| c.disk_mode = DiskMode::Local).unwrap_err();
     assert!(e.contains("--disk FILE"), "{e}");
 }
+
+/// A reader that stops once `limit` bytes went through, says so on
+/// `stalled`, and goes on when `go` is signalled.
+struct Gate<R> {
+    inner: R,
+    passed: u64,
+    limit: u64,
+    stalled: Option<mpsc::Sender<()>>,
+    go: mpsc::Receiver<()>,
+}
+
+impl<R: std::io::Read> std::io::Read for Gate<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.passed >= self.limit
+            && let Some(tx) = self.stalled.take()
+        {
+            let _ = tx.send(());
+            let _ = self.go.recv();
+        }
+        let room = if self.stalled.is_some() {
+            buf.len().min((self.limit - self.passed) as usize)
+        } else {
+            buf.len()
+        };
+        let n = self.inner.read(&mut buf[..room])?;
+        self.passed += n as u64;
+        Ok(n)
+    }
+}
+
+/// State transfer in local mode: the sender's disk is copied whole while
+/// it runs; the guest's self-test writes land *after* the full copy of the
+/// disk was read (the receiver holds the stream there until the guest has
+/// written), so they reach the spare only as re-sent chunks. At the join
+/// exit the spare's file equals the sender's; the spare then replays the
+/// sender's log from the join on its copy to the same state and file.
+#[test]
+fn a_live_transfer_copies_the_local_disk_and_re_sends_blocks_written_during_the_copy() {
+    use common::state::{ChannelSink, ChannelSource};
+    use ftvm_vmm::transfer::{PrecopyConfig, pipe, receive, send_live};
+    if !kvm_or_skip(
+        "a_live_transfer_copies_the_local_disk_and_re_sends_blocks_written_during_the_copy",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let orig = original();
+    let sender_disk = copy(dir.path(), "sender.img", &orig);
+    // The spare's copy starts as garbage of the right size.
+    let spare_disk = copy(dir.path(), "spare.img", &vec![0xee; orig.len()]);
+
+    // The sender: live (an unprotected primary), built but not yet running.
+    let (mut c, console) = common::config("echo", 1);
+    local(&mut c, &sender_disk);
+    c.devices
+        .push(Box::new(Nic::new("127.0.0.1:0".parse().unwrap()).unwrap()));
+    let stop = c.stop.clone();
+    let mut vm = Vm::new(c, RunMode::Live).unwrap();
+    let control = vm.control();
+    let disk = control.local_disk().expect("a local disk").clone();
+
+    let (mut spare, tx) = {
+        let (mut c, _) = common::config("echo", 1);
+        local(&mut c, &spare_disk);
+        let (tx, rx) = mpsc::channel();
+        let vm = Vm::new(c, RunMode::Replay(Box::new(ChannelSource(rx)))).unwrap();
+        (vm, tx)
+    };
+    let (w, r) = pipe(4);
+    let (stalled_tx, stalled) = mpsc::channel();
+    let (go, go_rx) = mpsc::channel();
+    // Past the disk records (1 MiB of data plus headers), before the pages.
+    let gate = Gate {
+        inner: r,
+        passed: 0,
+        limit: orig.len() as u64 + 4096,
+        stalled: Some(stalled_tx),
+        go: go_rx,
+    };
+    let sender = std::thread::spawn(move || {
+        send_live(&control, w, &PrecopyConfig::default(), move |b| {
+            b.record_into(Box::new(ChannelSink(tx)))
+                .expect("start logging at the join");
+        })
+        .map(|(report, _)| report)
+    });
+    let receiver = std::thread::spawn(move || receive(&mut spare, gate).map(|got| (spare, got)));
+    stalled
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the receiver reached the gate");
+    assert!(disk.dirty.tracking(), "writes are tracked during the copy");
+    // The sender has read the whole disk: now the guest runs its self-test.
+    let running = std::thread::spawn(move || vm.run().map_err(|e| e.to_string()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !text(&console).contains("echo: serving") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest never served: {}",
+            text(&console)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(text(&console).contains("disk: self-test ok, boot 42"));
+    go.send(()).unwrap();
+    let (mut spare, got) = receiver.join().unwrap().expect("receive");
+    let sent = sender.join().unwrap().expect("send");
+    println!(
+        "join at exit {}: disk sectors sent {} (at the pause {}), received {}, rounds {}",
+        sent.ordinal,
+        sent.disk_sectors,
+        sent.disk_sectors_at_pause,
+        got.disk_sectors,
+        sent.rounds.len()
+    );
+    assert_eq!(got.digest, sent.digest);
+    assert!(!disk.dirty.tracking(), "tracking ends with the transfer");
+    // The echo guest writes nothing after its self-test: the sender's file
+    // now is its file at the join exit.
+    let at_join = std::fs::read(&sender_disk).unwrap();
+    assert_eq!(&at_join[..8], &42u64.to_le_bytes());
+    assert!(
+        std::fs::read(&spare_disk).unwrap() == at_join,
+        "the spare's disk equals the sender's at the join exit"
+    );
+    assert!(
+        sent.disk_sectors > orig.len() as u64 / 512,
+        "the written chunk was re-sent"
+    );
+    assert_eq!(got.disk_sectors, sent.disk_sectors);
+
+    // The spare follows the sender's log from the join on its own copy.
+    let backup = std::thread::spawn(move || spare.run());
+    std::thread::sleep(Duration::from_millis(100));
+    // Release: pairs with the VM loop's Acquire load of the stop flag.
+    stop.store(true, Ordering::Release);
+    let original_out = running.join().unwrap().unwrap();
+    let replayed = backup.join().unwrap().expect("the spare's replay");
+    assert_eq!(replayed.reason, StopReason::PrimaryStopped);
+    assert_eq!(replayed.state, original_out.state);
+    assert!(std::fs::read(&spare_disk).unwrap() == std::fs::read(&sender_disk).unwrap());
+}

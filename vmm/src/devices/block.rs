@@ -233,6 +233,11 @@ impl DiskDirty {
         *self.lock() = Some(Default::default());
     }
 
+    /// Whether writes are being tracked.
+    pub fn tracking(&self) -> bool {
+        self.lock().is_some()
+    }
+
     /// Stops tracking.
     pub fn stop(&self) {
         *self.lock() = None;
@@ -252,6 +257,20 @@ impl DiskDirty {
             set.extend(sector / DISK_CHUNK_SECTORS..=last);
         }
     }
+}
+
+/// A local disk copy as state transfer sees it: its file, size and the
+/// tracker of chunks the guest writes.
+#[derive(Clone, Debug)]
+pub struct LocalDisk {
+    /// The open disk file (shared with the device).
+    pub file: Arc<File>,
+    /// Its capacity in sectors.
+    pub sectors: u64,
+    /// Its path, for messages.
+    pub path: String,
+    /// Chunks written while a transfer tracks them.
+    pub dirty: Arc<DiskDirty>,
 }
 
 /// The block device (ports `0x48..=0x49`).
@@ -346,6 +365,21 @@ impl Block {
         self.path
             .as_ref()
             .map_or_else(|| "-".to_string(), |p| p.display().to_string())
+    }
+
+    /// Local mode: the disk copy for state transfer (`None`: shared or
+    /// detached).
+    pub fn local_disk(&self) -> Option<LocalDisk> {
+        let file = self
+            .file
+            .as_ref()
+            .filter(|_| self.mode == DiskMode::Local)?;
+        Some(LocalDisk {
+            file: Arc::clone(file),
+            sectors: self.host_sectors,
+            path: self.path_display(),
+            dirty: Arc::clone(&self.written),
+        })
     }
 
     /// The tracker of chunks written to a local copy (state transfer).
