@@ -287,3 +287,102 @@ fn a_live_transfer_copies_the_local_disk_and_re_sends_blocks_written_during_the_
     assert_eq!(replayed.state, original_out.state);
     assert!(std::fs::read(&spare_disk).unwrap() == std::fs::read(&sender_disk).unwrap());
 }
+
+/// A local-disk stream refused by name: a block beyond the disk, a disk of
+/// another size, a shared-disk receiver, and a local receiver sent no disk.
+#[test]
+fn bad_local_disk_streams_are_refused_by_name() {
+    use ftvm_vmm::persist::STATE_VERSION;
+    use ftvm_vmm::transfer::record::Begin;
+    use ftvm_vmm::transfer::{Record, RecordWriter, receive};
+    if !kvm_or_skip("bad_local_disk_streams_are_refused_by_name") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let orig = original();
+    let sectors = orig.len() as u64 / 512;
+    let mine = copy(dir.path(), "mine.img", &orig);
+    let spare = |disk: Option<&Path>| {
+        let (mut c, _) = common::config("echo", 1);
+        if let Some(d) = disk {
+            local(&mut c, d);
+        }
+        Vm::new(
+            c,
+            RunMode::Replay(Box::new(common::state::ChannelSource(mpsc::channel().1))),
+        )
+        .unwrap()
+    };
+    let stream = |vm: &Vm, recs: &[Record]| {
+        let id = vm.identity();
+        let mut w = RecordWriter::new(Vec::new());
+        w.write(&Record::Begin(Begin {
+            state_version: STATE_VERSION,
+            page_size: 4096,
+            mem_bytes: id.mem_bytes,
+            image_digest: id.image_digest,
+            attempt: 1,
+            guest: id.guest.clone(),
+        }))
+        .unwrap();
+        for r in recs {
+            w.write(r).unwrap();
+        }
+        w.into_inner()
+    };
+    let blocks = |sector: u64, n: usize| Record::DiskBlocks {
+        round: 0,
+        sector,
+        data: vec![1; n * 512],
+    };
+    let mut vm = spare(Some(&mine));
+    let e = |vm: &mut Vm, recs: &[Record]| {
+        let bytes = stream(vm, recs);
+        ftvm_vmm::error_chain(&receive(vm, bytes.as_slice()).unwrap_err())
+    };
+    let got = e(&mut vm, &[Record::Disk { sectors }, blocks(sectors - 1, 2)]);
+    assert!(
+        got.contains("record 2 (disk-blocks): block at sector 2047 (2 sectors) is beyond the disk of 2048 sectors"),
+        "{got}"
+    );
+    let got = e(&mut vm, &[Record::Disk { sectors: 4096 }]);
+    assert!(
+        got.contains("disk size mismatch: the sender's disk has 4096 sectors, this VM's disk file")
+            && got.contains("mine.img has 2048"),
+        "{got}"
+    );
+    let got = e(&mut vm, &[blocks(0, 1)]);
+    assert!(got.contains("disk blocks before the disk record"), "{got}");
+    let mut shared = spare(None);
+    let got = e(&mut shared, &[Record::Disk { sectors }]);
+    assert!(got.contains("this VM's disk mode is shared"), "{got}");
+    assert_eq!(
+        std::fs::read(&mine).unwrap()[2047 * 512],
+        orig[2047 * 512],
+        "nothing written beyond"
+    );
+
+    // A whole stream of a VM without a local disk (a snapshot of a
+    // running echo VM) into a local-disk receiver.
+    let (mut c, _) = common::config("echo", 0);
+    c.devices
+        .push(Box::new(Nic::new("127.0.0.1:0".parse().unwrap()).unwrap()));
+    let stop = c.stop.clone();
+    let mut running = Vm::new(c, RunMode::Live).unwrap();
+    let control = running.control();
+    let t = std::thread::spawn(move || running.run().map_err(|e| e.to_string()));
+    let snap = control
+        .call_at_next_exit(|b| b.snapshot())
+        .wait(Duration::from_secs(10))
+        .unwrap()
+        .unwrap();
+    // Release: pairs with the VM loop's Acquire load of the stop flag.
+    stop.store(true, Ordering::Release);
+    t.join().unwrap().unwrap();
+    let bytes = ftvm_vmm::transfer::write_snapshot(&snap, Vec::new()).unwrap();
+    let got = ftvm_vmm::error_chain(&receive(&mut vm, bytes.as_slice()).unwrap_err());
+    assert!(
+        got.contains("this VM's disk mode is local") && got.contains("the sender sent no disk"),
+        "{got}"
+    );
+}
