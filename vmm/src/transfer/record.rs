@@ -362,7 +362,7 @@ impl Record {
                 let _ = r.u32("reserved")?;
                 let sector = r.u64("first sector")?;
                 let n = p.len() - r.at;
-                if n == 0 || n % DISK_SECTOR != 0 {
+                if n == 0 || !n.is_multiple_of(DISK_SECTOR) {
                     return Err(DecodeSectionError::Trailing {
                         what: format!(
                             "{n} bytes of disk data (whole sectors of {DISK_SECTOR}, at least one)"
