@@ -940,4 +940,71 @@ mod tests {
         assert!(file[5 * 512..6 * 512].iter().all(|&b| b == 0xbb));
         assert!(lock_held(dev.held.as_ref().unwrap()).sectors.is_empty());
     }
+
+    #[test]
+    fn local_mode_writes_the_own_copy_at_once_and_replay_checks_read_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = disk_file(dir.path());
+        let b = dir.path().join("b.img");
+        let c = dir.path().join("c.img");
+        std::fs::copy(&a, &b).unwrap();
+        std::fs::copy(&a, &c).unwrap();
+        let log = Arc::new(Mutex::new(MemoryLog::new()));
+        let mem = GuestMemory::new(64 << 20).unwrap();
+        // A deferring gate: a local write must not wait for it.
+        let released = Arc::new(Mutex::new(Vec::new()));
+        let mut journal = Journal::record(
+            Box::new(Shared(log.clone())),
+            Box::new(Deferring(released.clone())),
+        );
+        let mut dev = Block::open_mode(&a, DiskMode::Local).unwrap();
+        assert!(dev.held.is_none());
+        let dirty = dev.disk_dirty();
+        dirty.start();
+        session(&mem, &mut journal, &mut dev);
+        check_guest_view(&mem);
+        assert!(released.lock().unwrap().is_empty(), "no output entry");
+        assert!(
+            std::fs::read(&a).unwrap()[3 * 512..4 * 512]
+                .iter()
+                .all(|&x| x == 0xab)
+        );
+        assert_eq!(dirty.take(), vec![0], "sector 3 is in chunk 0");
+        assert!(dirty.take().is_empty());
+        dirty.stop();
+        assert!(!dirty.tracking());
+
+        // Replay onto copy b: the same guest view, b gets the write.
+        let bytes = log.lock().unwrap().bytes.clone();
+        let replay = |path: &Path| {
+            let source = LogFileReader::from_bytes(Path::new("mem"), &bytes).unwrap();
+            let mem2 = GuestMemory::new(64 << 20).unwrap();
+            let mut j = Journal::replay(Box::new(source), Box::new(ImmediateGate));
+            let mut d = Block::open_mode(path, DiskMode::Local).unwrap();
+            exit(&mem2, &mut j, 1, &mut d, PORT_INFO, INFO_GPA as u32)?;
+            mem2.write(BUF + 0x1000, &[0xab; 512]).unwrap();
+            put(&mem2, 0, OP_READ, 0, BUF, 1024);
+            put(&mem2, 1, OP_WRITE, 3, BUF + 0x1000, 512);
+            put(&mem2, 2, OP_READ, 0, BUF, 100);
+            put(&mem2, 3, 7, 0, BUF, 512);
+            put(&mem2, 4, OP_READ, 15, BUF, 1024);
+            put(&mem2, 5, OP_READ, 0, BUF, 512);
+            mem2.write_u32(RING + 5 * DESC_SIZE + 28, 1).unwrap();
+            mem2.write_u32(CTRL + REQ_PROD, 6).unwrap();
+            exit(&mem2, &mut j, 2, &mut d, PORT_DOORBELL, 0)?;
+            check_guest_view(&mem2);
+            Ok::<(), DeviceError>(())
+        };
+        replay(&b).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        // A copy whose sector 1 differs: the first read is a divergence.
+        let mut other = std::fs::read(&c).unwrap();
+        other[512 + 7] ^= 1;
+        std::fs::write(&c, other).unwrap();
+        let e = replay(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("divergence at exit 2: the read of 1024 bytes at sector 0"),
+            "{e}"
+        );
+    }
 }
