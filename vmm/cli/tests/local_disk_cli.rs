@@ -226,3 +226,114 @@ fn a_pair_that_disagrees_on_the_disk_mode_is_refused_naming_both() {
         "{b}"
     );
 }
+
+/// A spare waiting with `--disk-mode local` and its own file.
+fn local_spare(dir: &Path, name: &'static str, arbiter: &str, listen: &str, disk: &str) -> Proc {
+    let status = addr(false);
+    let a = args(&[
+        "--set",
+        "channel.peer_timeout_ms=300",
+        "backup",
+        "--spare",
+        "--guest",
+        "echo",
+        "--arg",
+        "1",
+        "--listen",
+        listen,
+        "--service",
+        &addr(true),
+        "--status",
+        &status,
+        "--arbiter",
+        arbiter,
+        "--wait-secs",
+        "30",
+        "--disk",
+        disk,
+        "--disk-mode",
+        "local",
+    ]);
+    let mut p = Proc::spawn(&ftvm(), name, &a, dir, status).unwrap();
+    p.wait_status(Duration::from_secs(10), "waiting", |v| {
+        v["phase"] == "waiting"
+    })
+    .unwrap();
+    p
+}
+
+/// Re-protection in local mode: the primary's disk is copied into the
+/// spare's file by the transfer (a spare whose file has another size
+/// refuses it by name and the next spare is taken); after the join the
+/// files are equal, and after a SIGKILL of the primary the new primary's
+/// file still equals the old one's.
+#[test]
+fn a_spare_receives_the_local_disk_and_goes_live_with_it() {
+    if !kvm_or_skip("a_spare_receives_the_local_disk_and_goes_live_with_it") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let orig = original();
+    let primary_disk = copy(d, "primary.img", &orig);
+    let small = copy(d, "small.img", &orig[..orig.len() / 2]);
+    let spare_disk = copy(d, "spare.img", &vec![0xee; orig.len()]);
+    let arbiter = format!("file:{}", d.join("arb").display());
+    let (bad_at, good_at) = (addr(false), addr(false));
+    let mut bad = local_spare(d, "bad-spare", &arbiter, &bad_at, &small);
+    let mut spare = local_spare(d, "spare", &arbiter, &good_at, &spare_disk);
+    let status = addr(false);
+    let spares = format!("{bad_at},{good_at}");
+    let a = args(&[
+        "--set",
+        "channel.peer_timeout_ms=300",
+        "primary",
+        "--guest",
+        "echo",
+        "--arg",
+        "1",
+        "--service",
+        &addr(true),
+        "--spare",
+        &spares,
+        "--status",
+        &status,
+        "--arbiter",
+        &arbiter,
+        "--disk",
+        &primary_disk,
+        "--disk-mode",
+        "local",
+    ]);
+    let mut primary = Proc::spawn(&ftvm(), "primary", &a, d, status).unwrap();
+    primary
+        .wait_status(Duration::from_secs(20), "protected", |v| {
+            v["protection"] == "protected"
+        })
+        .unwrap();
+    let b = bad.stderr();
+    assert!(
+        b.contains("disk size mismatch: the sender's disk has 2048 sectors")
+            && b.contains("small.img has 1024"),
+        "{b}"
+    );
+    let p = primary.stderr();
+    assert!(p.contains(&format!("spare {bad_at} not joined")), "{p}");
+    let at_join = std::fs::read(&primary_disk).unwrap();
+    assert_eq!(&at_join[..8], &42u64.to_le_bytes());
+    wait_until(
+        "the spare's copy to equal the primary's",
+        Duration::from_secs(10),
+        || std::fs::read(&spare_disk).unwrap() == at_join,
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    primary.kill9().unwrap();
+    spare
+        .wait_status(Duration::from_secs(10), "live", |v| v["phase"] == "live")
+        .unwrap();
+    spare.signal(Signal::SIGTERM).unwrap();
+    assert!(spare.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(std::fs::read(&spare_disk).unwrap() == std::fs::read(&primary_disk).unwrap());
+    bad.signal(Signal::SIGTERM).unwrap();
+    bad.wait_exit(Duration::from_secs(10));
+}
