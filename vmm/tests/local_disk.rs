@@ -217,16 +217,24 @@ fn a_live_transfer_copies_the_local_disk_and_re_sends_blocks_written_during_the_
     let (w, r) = pipe(4);
     let (stalled_tx, stalled) = mpsc::channel();
     let (go, go_rx) = mpsc::channel();
-    // Past the disk records (1 MiB of data plus headers), before the pages.
+    // Exactly past the disk records (begin, disk, two 512 KiB extents): the
+    // sender then blocks within its first pages (one per record, the pipe
+    // holds 4), so it cannot reach the pause before the guest has run.
+    let begin = (32 + 34 + "echo".len()).next_multiple_of(8);
+    let disk_records = 48 + 2 * (32 + 16 + orig.len() / 2);
     let gate = Gate {
         inner: r,
         passed: 0,
-        limit: orig.len() as u64 + 4096,
+        limit: (begin + disk_records) as u64,
         stalled: Some(stalled_tx),
         go: go_rx,
     };
     let sender = std::thread::spawn(move || {
-        send_live(&control, w, &PrecopyConfig::default(), move |b| {
+        let cfg = PrecopyConfig {
+            pages_per_record: 1,
+            ..PrecopyConfig::default()
+        };
+        send_live(&control, w, &cfg, move |b| {
             b.record_into(Box::new(ChannelSink(tx)))
                 .expect("start logging at the join");
         })
@@ -261,6 +269,11 @@ fn a_live_transfer_copies_the_local_disk_and_re_sends_blocks_written_during_the_
         sent.rounds.len()
     );
     assert_eq!(got.digest, sent.digest);
+    assert!(
+        sent.disk_sectors > orig.len() as u64 / 512,
+        "the self-test's writes came after the full copy and were re-sent (join at exit {})",
+        sent.ordinal
+    );
     assert!(!disk.dirty.tracking(), "tracking ends with the transfer");
     // The echo guest writes nothing after its self-test: the sender's file
     // now is its file at the join exit.
