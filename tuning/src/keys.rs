@@ -6,7 +6,7 @@
 //! test fails until it has one).
 
 use crate::error::SettingsError;
-use crate::types::{Idle, RdmaNic, RdmaVisibility, Settings, TransportKind};
+use crate::types::{DiskMode, Idle, RdmaNic, RdmaVisibility, Settings, TransportKind};
 use std::fmt;
 
 /// The type and allowed values of a key.
@@ -160,6 +160,18 @@ impl KeyField for TransportKind {
     fn from_value(value: &KeyValue) -> Option<Self> {
         match value {
             KeyValue::Choice(w) => TransportKind::ALL.into_iter().find(|t| t.name() == w),
+            _ => None,
+        }
+    }
+}
+
+impl KeyField for DiskMode {
+    fn to_value(&self) -> KeyValue {
+        KeyValue::Choice(self.name().to_owned())
+    }
+    fn from_value(value: &KeyValue) -> Option<Self> {
+        match value {
+            KeyValue::Choice(w) => DiskMode::ALL.into_iter().find(|m| m.name() == w),
             _ => None,
         }
     }
@@ -397,6 +409,7 @@ macro_rules! key_at {
 
 const IDLE_NAMES: &[&str] = &["spin", "spin-yield", "park"];
 const TRANSPORT_NAMES: &[&str] = &["tcp", "shm", "uring", "rdma"];
+const DISK_MODE_NAMES: &[&str] = &["shared", "local"];
 const RDMA_NIC_NAMES: &[&str] = &["hardware", "simulated"];
 const RDMA_VISIBILITY_NAMES: &[&str] = &["immediate", "trailer"];
 const DEPTH: Kind = Kind::PowerOfTwo { min: 16, max: 8192 };
@@ -613,6 +626,7 @@ pub static KEYS: &[KeySpec] = &[
         "exits",
         true
     ),
+    key!(vmm.disk_mode, Kind::Choice(DISK_MODE_NAMES), "-", true),
 ];
 
 /// The key named `section.name`, if there is one.
@@ -637,6 +651,8 @@ mod tests {
         assert_eq!(nics, RDMA_NIC_NAMES);
         let vis: Vec<&str> = RdmaVisibility::ALL.iter().map(|t| t.name()).collect();
         assert_eq!(vis, RDMA_VISIBILITY_NAMES);
+        let modes: Vec<&str> = DiskMode::ALL.iter().map(|m| m.name()).collect();
+        assert_eq!(modes, DISK_MODE_NAMES);
     }
 
     #[test]

@@ -50,8 +50,8 @@ pub use error::SettingsError;
 pub use keys::{KEYS, KeySpec, KeyValue, Kind};
 pub use profiles::{PROFILES, profile_names};
 pub use types::{
-    ChannelSettings, Idle, RdmaNic, RdmaSettings, RdmaVisibility, Settings, TransportKind,
-    VmmSettings,
+    ChannelSettings, DiskMode, Idle, RdmaNic, RdmaSettings, RdmaVisibility, Settings,
+    TransportKind, VmmSettings,
 };
 
 /// Version of the fingerprint text; bump when its layout changes.

@@ -267,6 +267,40 @@ pub struct VmmSettings {
     pub guest_cpl: u8,
     /// A CHECKPOINT entry every this many exits.
     pub checkpoint_every_exits: u64,
+    /// Who owns the block device's disk (`docs/devices.md`, "Block device").
+    pub disk_mode: DiskMode,
+}
+
+/// How the pair shares the block device's disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskMode {
+    /// One disk both sides reach: reads travel in the log, writes are
+    /// outputs (only the primary writes, after the backup's ACK).
+    #[default]
+    Shared,
+    /// Each side owns a copy: writes go to the own copy at once (the backup
+    /// repeats them in replay), reads come from the own copy.
+    Local,
+}
+
+impl DiskMode {
+    /// Every mode, in the order the docs list them.
+    pub const ALL: [DiskMode; 2] = [DiskMode::Shared, DiskMode::Local];
+
+    /// The name used in settings and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskMode::Shared => "shared",
+            DiskMode::Local => "local",
+        }
+    }
+}
+
+impl std::fmt::Display for DiskMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl Default for VmmSettings {
@@ -275,6 +309,7 @@ impl Default for VmmSettings {
             mem_mib: 64,
             guest_cpl: 3,
             checkpoint_every_exits: 10_000,
+            disk_mode: DiskMode::Shared,
         }
     }
 }

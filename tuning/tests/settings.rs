@@ -556,6 +556,7 @@ fn fingerprint_covers_pair_keys_only() {
         "vmm.mem_mib=128",
         "vmm.guest_cpl=0",
         "vmm.checkpoint_every_exits=9999",
+        "vmm.disk_mode=local",
         "channel.transport=uring",
     ] {
         let mut other = base.clone();
@@ -577,13 +578,14 @@ fn fingerprint_covers_pair_keys_only() {
             "channel.transport",
             "vmm.mem_mib",
             "vmm.guest_cpl",
-            "vmm.checkpoint_every_exits"
+            "vmm.checkpoint_every_exits",
+            "vmm.disk_mode"
         ]
     );
     assert_eq!(
         base.fingerprint_text(),
         "ftvm-tuning fingerprint v1\nchannel.transport=\"tcp\"\nvmm.mem_mib=64\nvmm.guest_cpl=3\n\
-         vmm.checkpoint_every_exits=10000\n"
+         vmm.checkpoint_every_exits=10000\nvmm.disk_mode=\"shared\"\n"
     );
     // Stable across builds and hosts: the pair's two ends compare it.
     assert_eq!(base.fingerprint(), base.clone().fingerprint());

@@ -64,6 +64,22 @@ pub enum Divergence {
         /// Logged digest.
         log_digest: u64,
     },
+    /// A local disk copy returned other data than the primary's copy.
+    #[error(
+        "divergence at exit {ordinal}: the read of {len} bytes at sector {sector} from this side's disk copy hashes to {digest:016x}, the primary's copy to {log_digest:016x} (the disk copies differ)"
+    )]
+    DiskRead {
+        /// Exit ordinal.
+        ordinal: u64,
+        /// First sector read.
+        sector: u64,
+        /// Bytes read.
+        len: u32,
+        /// Digest of this side's data.
+        digest: u64,
+        /// The primary's digest.
+        log_digest: u64,
+    },
     /// Guest state differs at a checkpoint.
     #[error("divergence at exit {ordinal}: state digest {replay}, the primary's was {primary}")]
     Checkpoint {

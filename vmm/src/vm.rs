@@ -66,6 +66,8 @@ pub struct VmConfig {
     pub service: Option<std::net::SocketAddr>,
     /// Block device backing file (vmm-net).
     pub disk: Option<PathBuf>,
+    /// Shared disk or this side's own copy (`vmm.disk_mode`).
+    pub disk_mode: crate::devices::block::DiskMode,
     /// Where console output goes.
     pub console: ConsoleTarget,
     /// Additional devices (tests, vmm-net). A device here replaces the NIC or
@@ -97,6 +99,7 @@ impl std::fmt::Debug for VmConfig {
             .field("guest_arg", &self.guest_arg)
             .field("service", &self.service)
             .field("disk", &self.disk)
+            .field("disk_mode", &self.disk_mode)
             .field("devices", &self.devices.len())
             .field("max_exits", &self.max_exits)
             .field("wait_spin_us", &self.wait_spin_us)
@@ -120,6 +123,7 @@ impl VmConfig {
             guest_arg: 0,
             service: None,
             disk: None,
+            disk_mode: settings.disk_mode,
             console: ConsoleTarget::Stdout,
             devices: Vec::new(),
             gate: Box::new(ImmediateGate),

@@ -84,7 +84,7 @@ pub struct BackupArgs {
     #[arg(long, value_name = "ADDR")]
     pub service: Option<String>,
     /// The shared disk (the primary's --disk): writes the primary had not
-    /// confirmed are re-issued at go-live.
+    /// confirmed are re-issued at go-live. --disk-mode local: this side's own copy.
     #[arg(long, value_name = "FILE")]
     pub disk: Option<std::path::PathBuf>,
     #[command(flatten)]

@@ -27,6 +27,13 @@ struct Cli {
     /// Override one setting, e.g. `--set channel.batch_bytes=4096` (repeatable).
     #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
     sets: Vec<String>,
+    /// Who owns the block device's disk (`--disk FILE`): `shared` (one
+    /// disk; only the primary writes, after the backup's ACK) or `local`
+    /// (each side its own copy: `ftvm primary`, `ftvm backup`, `ftvm
+    /// replay` each take --disk with their copy). Sets vmm.disk_mode, which
+    /// both ends of a pair must share (the handshake refuses a mismatch).
+    #[arg(long, global = true, value_name = "MODE", value_parser = ["shared", "local"])]
+    disk_mode: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -58,7 +65,10 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(mode) = &cli.disk_mode {
+        cli.sets.push(format!("vmm.disk_mode={mode}"));
+    }
     let result = ftvm_tuning::Settings::load(cli.profile.as_deref(), &cli.sets)
         .map_err(anyhow::Error::from)
         .and_then(|settings| match cli.command {

@@ -33,7 +33,8 @@ pub struct PrimaryArgs {
     /// Record the log into FILE (record mode); without it, live mode.
     #[arg(long, value_name = "FILE")]
     record_log: Option<PathBuf>,
-    /// Backing file of the guest's block device.
+    /// Backing file of the guest's block device (--disk-mode local: this
+    /// side's own copy).
     #[arg(long, value_name = "FILE")]
     disk: Option<PathBuf>,
     /// Argument passed to the guest in its boot info (replay needs the same).
@@ -85,6 +86,11 @@ pub struct ReplayArgs {
     /// Guest argument the primary ran with.
     #[arg(long, default_value_t = 0)]
     arg: u64,
+    /// With --disk-mode local: this replay's own copy of the disk (a copy
+    /// of the primary's disk as it was when the log began); the replay
+    /// performs the guest's writes on it.
+    #[arg(long, value_name = "FILE")]
+    disk: Option<PathBuf>,
 }
 
 pub fn run(cmd: VmmCommand, settings: &Settings) -> anyhow::Result<()> {
@@ -187,6 +193,7 @@ fn primary(a: PrimaryArgs, settings: &Settings) -> anyhow::Result<()> {
 fn replay(a: ReplayArgs, settings: &Settings) -> anyhow::Result<()> {
     let mut c = VmConfig::new(&a.guest, &settings.vmm)?;
     c.guest_arg = a.arg;
+    c.disk = a.disk;
     c.stop = stop_on_signals()?;
     let source = LogFileReader::open(&a.log)?;
     let outcome = Vm::new(c, RunMode::Replay(Box::new(source)))?.run()?;

@@ -319,7 +319,10 @@ impl Drop for ChannelSink {
 }
 
 /// Records into two sinks: the channel, and a log file kept on the primary's
-/// host (`ftvm primary --backup ADDR --record-log FILE`).
+/// host (`ftvm primary --backup ADDR --record-log FILE`). The second sink is
+/// flushed after every OUTPUT entry, so a primary killed by SIGKILL leaves
+/// a file holding at least every entry up to its last output (what a
+/// replay of "the same log" after a failover needs).
 #[derive(Debug)]
 pub struct TeeSink<A, B> {
     first: A,
@@ -336,7 +339,11 @@ impl<A: LogSink, B: LogSink> TeeSink<A, B> {
 impl<A: LogSink, B: LogSink> LogSink for TeeSink<A, B> {
     fn append(&mut self, header: &Header, payload: &[u8]) -> Result<(), LogSinkError> {
         self.first.append(header, payload)?;
-        self.second.append(header, payload)
+        self.second.append(header, payload)?;
+        if header.kind.is_output() {
+            self.second.flush()?;
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), LogSinkError> {

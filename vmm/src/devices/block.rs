@@ -1,12 +1,18 @@
 //! The block device: a file-backed disk driven through a request ring in
 //! guest memory, several requests per exit.
 //!
-//! Contract: reads reach the guest only through `DiskRead` input entries
-//! that carry the data (so a backup replays them without the file), writes
-//! leave only as OUTPUT `DiskWrite` entries whose release writes the file
-//! (shared-disk semantics: only the primary writes). The disk's capacity
-//! reaches the guest through a logged INFO exchange, so request checks are
-//! deterministic. Normative layout: `docs/devices.md`.
+//! Contract: two disk modes (`vmm.disk_mode`, `--disk-mode`; normative
+//! text in `docs/devices.md`). **Shared** (one disk both sides reach): reads
+//! reach the guest only through `DiskRead` input entries that carry the data
+//! (so a backup replays them without the file), writes leave only as OUTPUT
+//! `DiskWrite` entries whose release writes the file (only the primary
+//! writes). **Local** (each side owns a copy, identical at the same exit by
+//! construction): a write goes to the own copy at once, in every mode, and
+//! is not logged (its data are guest memory, which replay reproduces); a
+//! read comes from the own copy and is logged as a 24-byte digest entry, so
+//! a copy that differs is caught at the first read that sees it. The disk's
+//! capacity reaches the guest through a logged INFO exchange, so request
+//! checks are deterministic. Normative layout: `docs/devices.md`.
 //!
 //! # Layout (guest-physical, second half of the device region)
 //!
@@ -30,7 +36,9 @@
 //!    the file; replay: the log) whose bytes are copied to the buffer; a
 //!    WRITE is one `ctx.output(DiskWrite)` whose release `pwrite`s the file;
 //!    until then the write is held in `HeldWrites` and patched over later
-//!    reads. Each request's status is written, then `req_cons = req_prod`.
+//!    reads. Local mode: a READ `pread`s the own copy and logs its digest
+//!    (replay compares), a WRITE `pwrite`s the own copy. Each request's
+//!    status is written, then `req_cons = req_prod`.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -40,11 +48,20 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+pub use ftvm_tuning::DiskMode;
 use ftvm_wire::Kind;
 
 use crate::device::{Device, DeviceError, ExitCtx, out_u32};
-use crate::journal::Mode;
+use crate::journal::{Divergence, Mode};
 use crate::layout::DEV_REGION;
+use crate::payload::fnv1a64;
+
+/// Payload of a local-disk `DiskRead` entry: `u32 status | u32 form (1) |
+/// u32 len | u32 0 | u64 FNV-1a 64 of the data`. The shared form has `0` in
+/// the form word and the data after it.
+const LOCAL_READ_LEN: usize = 24;
+/// The form word of a local-disk `DiskRead` entry.
+const FORM_LOCAL: u32 = 1;
 
 /// Guest-visible constants of the block device.
 pub mod abi {
@@ -193,9 +210,76 @@ fn lock_held(held: &Mutex<HeldWrites>) -> std::sync::MutexGuard<'_, HeldWrites> 
     held.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Sectors per chunk of [`DiskDirty`] (64 KiB, one transfer record).
+pub const DISK_CHUNK_SECTORS: u64 = 128;
+
+/// Chunks of a local disk copy written while a state transfer copies it:
+/// the transfer starts tracking before its full copy, takes the written set
+/// each round and, with the guest paused, the last one; writes mark their
+/// chunks only while tracking.
+#[derive(Debug, Default)]
+pub struct DiskDirty {
+    chunks: Mutex<Option<std::collections::BTreeSet<u64>>>,
+}
+
+impl DiskDirty {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<std::collections::BTreeSet<u64>>> {
+        // A poisoned set only means a panicking writer: keep the marks.
+        self.chunks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts tracking (an empty set).
+    pub fn start(&self) {
+        *self.lock() = Some(Default::default());
+    }
+
+    /// Whether writes are being tracked.
+    pub fn tracking(&self) -> bool {
+        self.lock().is_some()
+    }
+
+    /// Stops tracking.
+    pub fn stop(&self) {
+        *self.lock() = None;
+    }
+
+    /// The chunks written since `start` or the last `take`, ascending.
+    pub fn take(&self) -> Vec<u64> {
+        self.lock()
+            .as_mut()
+            .map(|set| std::mem::take(set).into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    fn mark(&self, sector: u64, count: u64) {
+        if let Some(set) = self.lock().as_mut() {
+            let last = (sector + count.max(1) - 1) / DISK_CHUNK_SECTORS;
+            set.extend(sector / DISK_CHUNK_SECTORS..=last);
+        }
+    }
+}
+
+/// A local disk copy as state transfer sees it: its file, size and the
+/// tracker of chunks the guest writes.
+#[derive(Clone, Debug)]
+pub struct LocalDisk {
+    /// The open disk file (shared with the device).
+    pub file: Arc<File>,
+    /// Its capacity in sectors.
+    pub sectors: u64,
+    /// Its path, for messages.
+    pub path: String,
+    /// Chunks written while a transfer tracks them.
+    pub dirty: Arc<DiskDirty>,
+}
+
 /// The block device (ports `0x48..=0x49`).
 #[derive(Debug)]
 pub struct Block {
+    /// Shared or local disk.
+    mode: DiskMode,
+    /// The disk file's path (messages); `None` when detached.
+    path: Option<PathBuf>,
     /// `None` for a replay-only device (reads and INFO come from the log).
     file: Option<Arc<File>>,
     /// Writes not yet released (only with a file: a replaying device never
@@ -203,15 +287,22 @@ pub struct Block {
     held: Option<Arc<Mutex<HeldWrites>>>,
     /// Host capacity in sectors (record/live).
     host_sectors: u64,
+    /// Local mode: chunks written while a transfer copies the disk.
+    written: Arc<DiskDirty>,
     /// Capacity the guest learned through INFO (same in every mode).
     sectors: Option<u64>,
     stats: Arc<BlockStats>,
 }
 
 impl Block {
-    /// Opens `path` read-write; the capacity is its length rounded down to
-    /// whole sectors.
+    /// Opens `path` read-write as a shared disk; the capacity is its length
+    /// rounded down to whole sectors.
     pub fn open(path: &Path) -> Result<Block, BlockSetupError> {
+        Block::open_mode(path, DiskMode::Shared)
+    }
+
+    /// Opens `path` read-write in `mode` (local: this side's own copy).
+    pub fn open_mode(path: &Path, mode: DiskMode) -> Result<Block, BlockSetupError> {
         let err = |what| {
             move |source| BlockSetupError::File {
                 path: path.to_path_buf(),
@@ -226,9 +317,13 @@ impl Block {
             .map_err(err("open read-write"))?;
         let len = file.metadata().map_err(err("stat"))?.len();
         Ok(Block {
+            mode,
+            path: Some(path.to_path_buf()),
             file: Some(Arc::new(file)),
-            held: Some(Arc::default()),
+            // A local copy is written at once: nothing is ever held.
+            held: (mode == DiskMode::Shared).then(Arc::default),
             host_sectors: len / SECTOR,
+            written: Arc::default(),
             sectors: None,
             stats: Arc::new(BlockStats::default()),
         })
@@ -239,9 +334,12 @@ impl Block {
     /// live or record run), it fails with an error.
     pub fn detached() -> Block {
         Block {
+            mode: DiskMode::Shared,
+            path: None,
             file: None,
             held: None,
             host_sectors: 0,
+            written: Arc::default(),
             sectors: None,
             stats: Arc::new(BlockStats::default()),
         }
@@ -250,6 +348,48 @@ impl Block {
     /// The device's counters.
     pub fn stats(&self) -> Arc<BlockStats> {
         Arc::clone(&self.stats)
+    }
+
+    /// The disk mode.
+    pub fn mode(&self) -> DiskMode {
+        self.mode
+    }
+
+    /// The disk file (`None` when detached), for state transfer.
+    pub fn file(&self) -> Option<&Arc<File>> {
+        self.file.as_ref()
+    }
+
+    /// The disk file's path, for messages (`-` when detached).
+    pub fn path_display(&self) -> String {
+        self.path
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |p| p.display().to_string())
+    }
+
+    /// Local mode: the disk copy for state transfer (`None`: shared or
+    /// detached).
+    pub fn local_disk(&self) -> Option<LocalDisk> {
+        let file = self
+            .file
+            .as_ref()
+            .filter(|_| self.mode == DiskMode::Local)?;
+        Some(LocalDisk {
+            file: Arc::clone(file),
+            sectors: self.host_sectors,
+            path: self.path_display(),
+            dirty: Arc::clone(&self.written),
+        })
+    }
+
+    /// The tracker of chunks written to a local copy (state transfer).
+    pub fn disk_dirty(&self) -> Arc<DiskDirty> {
+        Arc::clone(&self.written)
+    }
+
+    /// The host file's capacity in sectors (0 when detached).
+    pub fn host_sectors(&self) -> u64 {
+        self.host_sectors
     }
 
     fn no_file(what: &str) -> DeviceError {
@@ -275,6 +415,16 @@ impl Block {
                 port,
                 detail: format!("INFO input of {} bytes, expected 8", bytes.len()),
             })?;
+        if self.mode == DiskMode::Local && sectors != host_sectors {
+            return Err(DeviceError::Host {
+                what: format!(
+                    "local disk copy {}: {host_sectors} sectors, the primary's copy has {sectors} (INFO at exit {})",
+                    self.path_display(),
+                    ctx.ordinal()
+                ),
+                source: std::io::Error::other("the disk copies differ in size"),
+            });
+        }
         self.sectors = Some(sectors);
         let mut info = [0u8; 16];
         info[0..8].copy_from_slice(&sectors.to_le_bytes());
@@ -334,6 +484,13 @@ impl Block {
         }
         let offset = sector * SECTOR;
         let len = len as usize;
+        if self.mode == DiskMode::Local {
+            return if op == OP_READ {
+                self.local_read(ctx, port, sector, buf, len)
+            } else {
+                self.local_write(ctx, sector, buf, len)
+            };
+        }
         if op == OP_READ {
             let file = self.file.clone();
             let held = self.held.clone();
@@ -379,8 +536,13 @@ impl Block {
                 _ => Err(DeviceError::BadRequest {
                     port,
                     detail: format!(
-                        "DiskRead input of {} bytes (status {st:?}) for a {len}-byte read of sector {sector}",
-                        data.len()
+                        "DiskRead input of {} bytes (status {st:?}) for a {len}-byte read of sector {sector}{}",
+                        data.len(),
+                        if is_local_form(&data) {
+                            ": a local-disk entry (digest only), this device's disk mode is shared"
+                        } else {
+                            ""
+                        }
                     ),
                 }),
             };
@@ -402,6 +564,136 @@ impl Block {
                 lock_held(&held).released(sector, count, generation);
             }
         })?;
+        BlockStats::add(&self.stats.writes, 1);
+        BlockStats::add(&self.stats.write_bytes, len as u64);
+        Ok(status::OK)
+    }
+}
+
+/// Reads `len` bytes at `offset` of `file`: `(status, data)`. A short file
+/// reads as zeros; a failing read is IO_ERROR with no data.
+fn pread(file: &File, offset: u64, len: usize) -> (u32, Vec<u8>) {
+    let mut out = vec![0; len];
+    let mut done = 0;
+    while done < len {
+        match file.read_at(&mut out[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return (status::IO_ERROR, Vec::new()),
+        }
+    }
+    (status::OK, out)
+}
+
+/// A `DiskRead` payload in the local-disk form.
+fn is_local_form(data: &[u8]) -> bool {
+    data.len() == LOCAL_READ_LEN && data.get(4..8) == Some(&FORM_LOCAL.to_le_bytes()[..])
+}
+
+fn word(data: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&data[at..at + 4]);
+    u32::from_le_bytes(b)
+}
+
+impl Block {
+    fn local_file(&self, what: &str) -> Result<&Arc<File>, DeviceError> {
+        self.file.as_ref().ok_or_else(|| Block::no_file(what))
+    }
+
+    /// Local mode: read the own copy; log (record) or check (replay) the
+    /// digest of what it returned.
+    fn local_read(
+        &mut self,
+        ctx: &mut ExitCtx<'_>,
+        port: u16,
+        sector: u64,
+        buf: u64,
+        len: usize,
+    ) -> Result<u32, DeviceError> {
+        let (own_status, own) = pread(self.local_file("read")?, sector * SECTOR, len);
+        let digest = fnv1a64(&own);
+        let logged = ctx.input(Kind::DiskRead, port, |out| {
+            out.extend_from_slice(&own_status.to_le_bytes());
+            out.extend_from_slice(&FORM_LOCAL.to_le_bytes());
+            out.extend_from_slice(&(len as u32).to_le_bytes());
+            out.extend_from_slice(&[0; 4]);
+            out.extend_from_slice(&digest.to_le_bytes());
+            Ok(())
+        })?;
+        let ordinal = ctx.ordinal();
+        if !is_local_form(&logged) || word(&logged, 8) as usize != len {
+            return Err(Divergence::Entry {
+                ordinal,
+                expected: format!(
+                    "a local-disk DiskRead entry (digest) for a {len}-byte read of sector {sector}"
+                ),
+                found: if logged.len() == 8 + len || logged.len() == 8 {
+                    format!(
+                        "a shared-disk DiskRead entry of {} bytes: the primary's disk mode is shared, this side's local",
+                        logged.len()
+                    )
+                } else {
+                    format!("a DiskRead entry of {} bytes", logged.len())
+                },
+            }
+            .into());
+        }
+        let log_status = word(&logged, 0);
+        if log_status == status::IO_ERROR {
+            // The primary's read failed: the guest sees the same on every side.
+            return Ok(status::IO_ERROR);
+        }
+        if own_status != status::OK {
+            return Err(DeviceError::Host {
+                what: format!(
+                    "local disk copy {}: the read of {len} bytes at sector {sector} (exit {ordinal}) failed here, the primary's succeeded",
+                    self.path_display()
+                ),
+                source: std::io::Error::other("read error"),
+            });
+        }
+        let mut d = [0u8; 8];
+        d.copy_from_slice(&logged[16..24]);
+        let log_digest = u64::from_le_bytes(d);
+        if log_status != status::OK || log_digest != digest {
+            return Err(Divergence::DiskRead {
+                ordinal,
+                sector,
+                len: len as u32,
+                digest,
+                log_digest,
+            }
+            .into());
+        }
+        ctx.mem().write(buf, &own)?;
+        BlockStats::add(&self.stats.reads, 1);
+        BlockStats::add(&self.stats.read_bytes, len as u64);
+        Ok(status::OK)
+    }
+
+    /// Local mode: write the own copy now (no entry: the data are guest
+    /// memory, which replay reproduces). A failing write stops this side.
+    fn local_write(
+        &mut self,
+        ctx: &mut ExitCtx<'_>,
+        sector: u64,
+        buf: u64,
+        len: usize,
+    ) -> Result<u32, DeviceError> {
+        let data = ctx.mem().read_vec(buf, len)?;
+        let file = self.local_file("write")?;
+        file.write_all_at(&data, sector * SECTOR)
+            .map_err(|source| DeviceError::Host {
+                what: format!(
+                    "local disk copy {}: writing {len} bytes at sector {sector} (exit {})",
+                    self.path_display(),
+                    ctx.ordinal()
+                ),
+                source,
+            })?;
+        self.written.mark(sector, (len as u64) / SECTOR);
         BlockStats::add(&self.stats.writes, 1);
         BlockStats::add(&self.stats.write_bytes, len as u64);
         Ok(status::OK)
@@ -647,5 +939,72 @@ mod tests {
         assert!(file[4 * 512..5 * 512].iter().all(|&b| b == 0xaa));
         assert!(file[5 * 512..6 * 512].iter().all(|&b| b == 0xbb));
         assert!(lock_held(dev.held.as_ref().unwrap()).sectors.is_empty());
+    }
+
+    #[test]
+    fn local_mode_writes_the_own_copy_at_once_and_replay_checks_read_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = disk_file(dir.path());
+        let b = dir.path().join("b.img");
+        let c = dir.path().join("c.img");
+        std::fs::copy(&a, &b).unwrap();
+        std::fs::copy(&a, &c).unwrap();
+        let log = Arc::new(Mutex::new(MemoryLog::new()));
+        let mem = GuestMemory::new(64 << 20).unwrap();
+        // A deferring gate: a local write must not wait for it.
+        let released = Arc::new(Mutex::new(Vec::new()));
+        let mut journal = Journal::record(
+            Box::new(Shared(log.clone())),
+            Box::new(Deferring(released.clone())),
+        );
+        let mut dev = Block::open_mode(&a, DiskMode::Local).unwrap();
+        assert!(dev.held.is_none());
+        let dirty = dev.disk_dirty();
+        dirty.start();
+        session(&mem, &mut journal, &mut dev);
+        check_guest_view(&mem);
+        assert!(released.lock().unwrap().is_empty(), "no output entry");
+        assert!(
+            std::fs::read(&a).unwrap()[3 * 512..4 * 512]
+                .iter()
+                .all(|&x| x == 0xab)
+        );
+        assert_eq!(dirty.take(), vec![0], "sector 3 is in chunk 0");
+        assert!(dirty.take().is_empty());
+        dirty.stop();
+        assert!(!dirty.tracking());
+
+        // Replay onto copy b: the same guest view, b gets the write.
+        let bytes = log.lock().unwrap().bytes.clone();
+        let replay = |path: &Path| {
+            let source = LogFileReader::from_bytes(Path::new("mem"), &bytes).unwrap();
+            let mem2 = GuestMemory::new(64 << 20).unwrap();
+            let mut j = Journal::replay(Box::new(source), Box::new(ImmediateGate));
+            let mut d = Block::open_mode(path, DiskMode::Local).unwrap();
+            exit(&mem2, &mut j, 1, &mut d, PORT_INFO, INFO_GPA as u32)?;
+            mem2.write(BUF + 0x1000, &[0xab; 512]).unwrap();
+            put(&mem2, 0, OP_READ, 0, BUF, 1024);
+            put(&mem2, 1, OP_WRITE, 3, BUF + 0x1000, 512);
+            put(&mem2, 2, OP_READ, 0, BUF, 100);
+            put(&mem2, 3, 7, 0, BUF, 512);
+            put(&mem2, 4, OP_READ, 15, BUF, 1024);
+            put(&mem2, 5, OP_READ, 0, BUF, 512);
+            mem2.write_u32(RING + 5 * DESC_SIZE + 28, 1).unwrap();
+            mem2.write_u32(CTRL + REQ_PROD, 6).unwrap();
+            exit(&mem2, &mut j, 2, &mut d, PORT_DOORBELL, 0)?;
+            check_guest_view(&mem2);
+            Ok::<(), DeviceError>(())
+        };
+        replay(&b).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        // A copy whose sector 1 differs: the first read is a divergence.
+        let mut other = std::fs::read(&c).unwrap();
+        other[512 + 7] ^= 1;
+        std::fs::write(&c, other).unwrap();
+        let e = replay(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("divergence at exit 2: the read of 1024 bytes at sector 0"),
+            "{e}"
+        );
     }
 }

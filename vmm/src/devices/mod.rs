@@ -28,19 +28,27 @@ pub(crate) fn core_devices(config: &VmConfig) -> Vec<Box<dyn Device>> {
 /// live: built from `VmConfig::service` and `VmConfig::disk` when given.
 /// Replay: always present; the NIC detached (no socket: received packets
 /// come from the log, outputs are checked), the block device detached too
-/// unless a shared disk is given — then it holds the file, so that writes
+/// unless a disk is given — shared: it holds the file, so that writes
 /// kept by a standby can be re-issued at go-live (reads still come from the
-/// log). A backup that will go live brings its own standby NIC in
+/// log); local (`VmConfig::disk_mode`): the backup's own copy, read and
+/// written during replay. A backup that will go live brings its own standby NIC in
 /// `VmConfig::devices`.
 pub(crate) fn extra_devices(
     config: &VmConfig,
     mode: Mode,
 ) -> Result<Vec<Box<dyn Device>>, crate::vm::VmError> {
     let mut v: Vec<Box<dyn Device>> = Vec::new();
+    let disk_mode = config.disk_mode;
+    if disk_mode == block::DiskMode::Local && config.disk.is_none() {
+        return Err(crate::vm::VmError::DeviceSetup {
+            device: "block",
+            detail: "disk mode local needs this side's own copy of the disk (--disk FILE)".into(),
+        });
+    }
     if mode == Mode::Replay {
         v.push(Box::new(net::Nic::detached()));
         match &config.disk {
-            Some(path) => v.push(Box::new(open_disk(path)?)),
+            Some(path) => v.push(Box::new(open_disk(path, disk_mode)?)),
             None => v.push(Box::new(block::Block::detached())),
         }
         return Ok(v);
@@ -53,13 +61,16 @@ pub(crate) fn extra_devices(
         v.push(Box::new(nic));
     }
     if let Some(path) = &config.disk {
-        v.push(Box::new(open_disk(path)?));
+        v.push(Box::new(open_disk(path, disk_mode)?));
     }
     Ok(v)
 }
 
-fn open_disk(path: &std::path::Path) -> Result<block::Block, crate::vm::VmError> {
-    block::Block::open(path).map_err(|e| crate::vm::VmError::DeviceSetup {
+fn open_disk(
+    path: &std::path::Path,
+    mode: block::DiskMode,
+) -> Result<block::Block, crate::vm::VmError> {
+    block::Block::open_mode(path, mode).map_err(|e| crate::vm::VmError::DeviceSetup {
         device: "block",
         detail: crate::error_chain(&e),
     })

@@ -22,7 +22,8 @@
 
 use std::io::Read;
 
-use super::record::{Begin, End, ReadRecordError, Record, RecordKind, RecordReader};
+use super::record::{Begin, DISK_SECTOR, End, ReadRecordError, Record, RecordKind, RecordReader};
+use crate::devices::block::LocalDisk;
 use crate::layout::PAGE_SIZE;
 use crate::payload::CheckpointRecord;
 use crate::persist::{Identity, RestoreStateError, STATE_VERSION, Section, StateTree, VmState};
@@ -59,6 +60,9 @@ pub struct ReceiveReport {
     pub zero_pages: u64,
     /// Pre-copy rounds seen (0 = full copy only).
     pub last_round: u32,
+    /// Local disk: sectors received (a sector sent in several rounds counts
+    /// each time); 0 with a shared disk.
+    pub disk_sectors: u64,
 }
 
 /// A transfer attempt was refused. The sender learns it from the lost
@@ -135,6 +139,12 @@ struct Receiver<'a> {
     vcpu: Option<Section>,
     devices: Vec<Section>,
     own: Option<(u64, StateTree)>,
+    /// This VM's local disk copy, if its disk mode is local.
+    disk: Option<LocalDisk>,
+    /// The sender's `disk` record came.
+    disk_announced: bool,
+    /// Sectors `0..disk_covered` written by the full copy (round 0, in order).
+    disk_covered: u64,
     report: ReceiveReport,
 }
 
@@ -257,8 +267,93 @@ impl Receiver<'_> {
                 Ok(Phase::Precopy { round: r })
             }
             Record::Begin(_) => Err(self.bad(index, kind, "a second begin".into())),
+            Record::Disk { sectors } => {
+                self.disk_record(index, sectors)?;
+                Ok(Phase::Precopy { round })
+            }
+            Record::DiskBlocks {
+                round: r,
+                sector,
+                data,
+            } => {
+                self.check_round(index, kind, round, r)?;
+                self.disk_blocks(index, r, sector, &data)?;
+                self.report.last_round = r;
+                Ok(Phase::Precopy { round: r })
+            }
             other => self.joining(index, other),
         }
+    }
+
+    /// `disk`: the sender copies a local disk of `sectors`; this VM must
+    /// own a local copy of the same size.
+    fn disk_record(&mut self, index: u64, sectors: u64) -> Result<(), ReceiveStateError> {
+        let kind = RecordKind::Disk;
+        if self.disk_announced {
+            return Err(self.bad(index, kind, "a second disk record".into()));
+        }
+        let Some(d) = &self.disk else {
+            return Err(self.bad(
+                index,
+                kind,
+                format!(
+                    "the sender copies a local disk of {sectors} sectors; this VM's disk mode is shared (or it has no disk)"
+                ),
+            ));
+        };
+        if d.sectors != sectors {
+            return Err(self.bad(
+                index,
+                kind,
+                format!(
+                    "disk size mismatch: the sender's disk has {sectors} sectors, this VM's disk file {} has {}",
+                    d.path, d.sectors
+                ),
+            ));
+        }
+        self.disk_announced = true;
+        Ok(())
+    }
+
+    /// `disk-blocks`: written to this VM's copy at once.
+    fn disk_blocks(
+        &mut self,
+        index: u64,
+        round: u32,
+        sector: u64,
+        data: &[u8],
+    ) -> Result<(), ReceiveStateError> {
+        use std::os::unix::fs::FileExt;
+        let kind = RecordKind::DiskBlocks;
+        let (Some(d), true) = (&self.disk, self.disk_announced) else {
+            return Err(self.bad(index, kind, "disk blocks before the disk record".into()));
+        };
+        let count = (data.len() / DISK_SECTOR) as u64;
+        if sector.checked_add(count).is_none_or(|end| end > d.sectors) {
+            return Err(self.bad(
+                index,
+                kind,
+                format!(
+                    "block at sector {sector} ({count} sectors) is beyond the disk of {} sectors",
+                    d.sectors
+                ),
+            ));
+        }
+        if let Err(e) = d.file.write_all_at(data, sector * DISK_SECTOR as u64) {
+            return Err(self.bad(
+                index,
+                kind,
+                format!(
+                    "writing {count} sectors at sector {sector} to the disk file {}: {e}",
+                    d.path
+                ),
+            ));
+        }
+        if round == 0 && sector == self.disk_covered {
+            self.disk_covered += count;
+        }
+        self.report.disk_sectors += count;
+        Ok(())
     }
 
     fn section(
@@ -344,6 +439,28 @@ impl Receiver<'_> {
                 ),
             ));
         }
+        if let Some(d) = &self.disk {
+            if !self.disk_announced {
+                return Err(self.bad(
+                    index,
+                    kind,
+                    format!(
+                        "this VM's disk mode is local ({}), the sender sent no disk (its disk mode is shared)",
+                        d.path
+                    ),
+                ));
+            }
+            if self.disk_covered < d.sectors {
+                return Err(self.bad(
+                    index,
+                    kind,
+                    format!(
+                        "the disk was not sent whole: sectors {}..{} of {} never came in the full copy",
+                        self.disk_covered, d.sectors, d.path
+                    ),
+                ));
+            }
+        }
         let missing: Vec<usize> = (0..self.pages)
             .filter(|&i| self.covered[i / 64] & (1 << (i % 64)) == 0)
             .collect();
@@ -403,6 +520,7 @@ impl Receiver<'_> {
 pub fn receive<R: Read>(vm: &mut Vm, input: R) -> Result<ReceiveReport, ReceiveStateError> {
     let identity = vm.identity().clone();
     let pages = vm.memory().pages();
+    let disk = vm.local_disk();
     let mut r = RecordReader::new(input);
     let mut rx = Receiver {
         vm,
@@ -412,6 +530,9 @@ pub fn receive<R: Read>(vm: &mut Vm, input: R) -> Result<ReceiveReport, ReceiveS
         vcpu: None,
         devices: Vec::new(),
         own: None,
+        disk,
+        disk_announced: false,
+        disk_covered: 0,
         report: ReceiveReport {
             guest: String::new(),
             attempt: 0,
@@ -423,6 +544,7 @@ pub fn receive<R: Read>(vm: &mut Vm, input: R) -> Result<ReceiveReport, ReceiveS
             pages: 0,
             zero_pages: 0,
             last_round: 0,
+            disk_sectors: 0,
         },
     };
     let mut phase = Phase::AwaitBegin;

@@ -60,6 +60,10 @@ pub enum RecordKind {
     VmState = 6,
     /// Last record: the join point and its state digest.
     End = 7,
+    /// A local disk copy follows: its size.
+    Disk = 8,
+    /// Sectors of the local disk copy with their contents.
+    DiskBlocks = 9,
 }
 
 impl RecordKind {
@@ -72,6 +76,8 @@ impl RecordKind {
             5 => RecordKind::DeviceState,
             6 => RecordKind::VmState,
             7 => RecordKind::End,
+            8 => RecordKind::Disk,
+            9 => RecordKind::DiskBlocks,
             _ => return None,
         })
     }
@@ -87,6 +93,8 @@ impl RecordKind {
             RecordKind::DeviceState => "device-state",
             RecordKind::VmState => "vm-state",
             RecordKind::End => "end",
+            RecordKind::Disk => "disk",
+            RecordKind::DiskBlocks => "disk-blocks",
         }
     }
 }
@@ -163,7 +171,24 @@ pub enum Record {
     },
     /// See [`End`].
     End(End),
+    /// `u64 sectors, u32 sector size (512), u32 0`: the sender's local disk.
+    Disk {
+        /// Capacity in sectors.
+        sectors: u64,
+    },
+    /// `u32 round, u32 0, u64 first sector, n x 512 bytes` (n >= 1).
+    DiskBlocks {
+        /// Pre-copy round (0: the full copy).
+        round: u32,
+        /// First sector.
+        sector: u64,
+        /// Whole sectors.
+        data: Vec<u8>,
+    },
 }
+
+/// Bytes per disk sector in `disk` / `disk-blocks` records.
+pub const DISK_SECTOR: usize = 512;
 
 impl Record {
     /// The kind.
@@ -176,6 +201,8 @@ impl Record {
             Record::DeviceState(_) => RecordKind::DeviceState,
             Record::VmState { .. } => RecordKind::VmState,
             Record::End(_) => RecordKind::End,
+            Record::Disk { .. } => RecordKind::Disk,
+            Record::DiskBlocks { .. } => RecordKind::DiskBlocks,
         }
     }
 
@@ -219,6 +246,21 @@ impl Record {
                 out.extend_from_slice(&e.records.to_le_bytes());
                 out.extend_from_slice(&e.next_seq.to_le_bytes());
                 out.extend_from_slice(&e.digest.to_bytes());
+            }
+            Record::Disk { sectors } => {
+                out.extend_from_slice(&sectors.to_le_bytes());
+                out.extend_from_slice(&(DISK_SECTOR as u32).to_le_bytes());
+                out.extend_from_slice(&[0; 4]);
+            }
+            Record::DiskBlocks {
+                round,
+                sector,
+                data,
+            } => {
+                out.extend_from_slice(&round.to_le_bytes());
+                out.extend_from_slice(&[0; 4]);
+                out.extend_from_slice(&sector.to_le_bytes());
+                out.extend_from_slice(data);
             }
         }
     }
@@ -302,6 +344,38 @@ impl Record {
                     next_seq,
                     digest,
                 })
+            }
+            RecordKind::Disk => {
+                let sectors = r.u64("disk sectors")?;
+                let size = r.u32("sector size")?;
+                let _ = r.u32("reserved")?;
+                if size as usize != DISK_SECTOR {
+                    return Err(DecodeSectionError::Trailing {
+                        what: format!("a sector size of {size} (this build: {DISK_SECTOR})"),
+                        extra: p.len(),
+                    });
+                }
+                Record::Disk { sectors }
+            }
+            RecordKind::DiskBlocks => {
+                let round = r.u32("round")?;
+                let _ = r.u32("reserved")?;
+                let sector = r.u64("first sector")?;
+                let n = p.len() - r.at;
+                if n == 0 || !n.is_multiple_of(DISK_SECTOR) {
+                    return Err(DecodeSectionError::Trailing {
+                        what: format!(
+                            "{n} bytes of disk data (whole sectors of {DISK_SECTOR}, at least one)"
+                        ),
+                        extra: n,
+                    });
+                }
+                let data = r.take(n, "disk data")?.to_vec();
+                Record::DiskBlocks {
+                    round,
+                    sector,
+                    data,
+                }
             }
         };
         r.finish(&format!("the {kind} payload"))?;

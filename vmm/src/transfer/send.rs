@@ -5,7 +5,10 @@ use std::io::Write;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::record::{Begin, End, MAX_PAGES_PER_RECORD, Record, RecordKind, RecordWriter};
+use super::record::{
+    Begin, DISK_SECTOR, End, MAX_PAGES_PER_RECORD, Record, RecordKind, RecordWriter,
+};
+use crate::devices::block::{DISK_CHUNK_SECTORS, LocalDisk};
 use crate::dirty::{DirtyPages, Subscription};
 use crate::layout::PAGE_SIZE;
 use crate::memory::GuestMemoryError;
@@ -87,6 +90,12 @@ pub struct SendReport {
     pub next_seq: u64,
     /// The state digest at the join point.
     pub digest: CheckpointRecord,
+    /// Local disk: sectors sent (the full copy and every re-sent chunk);
+    /// 0 with a shared disk.
+    pub disk_sectors: u64,
+    /// Local disk: sectors re-sent at the pause (written during the copy
+    /// and not re-sent by a round before).
+    pub disk_sectors_at_pause: u64,
 }
 
 /// Sending a VM's state failed. The VM keeps running either way.
@@ -115,6 +124,87 @@ pub enum SendStateError {
     /// Saving a component at the boundary failed.
     #[error("send state: at the join point")]
     Save(#[source] PersistError),
+    /// Reading the local disk copy failed.
+    #[error("send state: reading the local disk copy {path} at sector {sector}")]
+    Disk {
+        /// The disk file.
+        path: String,
+        /// First sector of the read.
+        sector: u64,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Sectors per `disk-blocks` record of the full copy (512 KiB).
+const DISK_EXTENT_SECTORS: u64 = 1024;
+
+/// Reads `count` sectors from `sector` on (clipped to the disk).
+fn read_disk(disk: &LocalDisk, sector: u64, count: u64) -> Result<Record, SendStateError> {
+    use std::os::unix::fs::FileExt;
+    let count = count.min(disk.sectors.saturating_sub(sector));
+    let mut data = vec![0u8; count as usize * DISK_SECTOR];
+    let err = |source| SendStateError::Disk {
+        path: disk.path.clone(),
+        sector,
+        source,
+    };
+    // A file shorter than its sectors cannot be (capacity = length / 512);
+    // a short read is an error, not zeros.
+    disk.file
+        .read_exact_at(&mut data, sector * DISK_SECTOR as u64)
+        .map_err(err)?;
+    Ok(Record::DiskBlocks {
+        round: 0,
+        sector,
+        data,
+    })
+}
+
+/// Reads the written chunks `chunks` of `disk` as round-`round` records.
+fn read_chunks(
+    disk: &LocalDisk,
+    chunks: &[u64],
+    round: u32,
+) -> Result<Vec<Record>, SendStateError> {
+    let mut out = Vec::with_capacity(chunks.len());
+    for &c in chunks {
+        let sector = c * DISK_CHUNK_SECTORS;
+        if sector >= disk.sectors {
+            continue;
+        }
+        let mut rec = read_disk(disk, sector, DISK_CHUNK_SECTORS)?;
+        if let Record::DiskBlocks { round: r, .. } = &mut rec {
+            *r = round;
+        }
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+/// Writes disk records; returns (bytes, sectors).
+fn write_disk<W: Write>(
+    w: &mut RecordWriter<W>,
+    recs: &[Record],
+) -> Result<(u64, u64), SendStateError> {
+    let (mut bytes, mut sectors) = (0, 0);
+    for rec in recs {
+        bytes += write(w, rec)?;
+        if let Record::DiskBlocks { data, .. } = rec {
+            sectors += (data.len() / DISK_SECTOR) as u64;
+        }
+    }
+    Ok((bytes, sectors))
+}
+
+/// Stops the disk's write tracking however the transfer ends.
+struct Tracking<'a>(&'a LocalDisk);
+
+impl Drop for Tracking<'_> {
+    fn drop(&mut self) {
+        self.0.dirty.stop();
+    }
 }
 
 /// Accumulates one round's pages into `Pages` and `ZeroPages` records.
@@ -314,6 +404,8 @@ struct Captured {
     boundary: (Instant, Instant),
     next_exit: mpsc::Receiver<Instant>,
     stop_copy: Duration,
+    /// Local disk chunks written since the last round, read at the pause.
+    disk: Vec<Record>,
 }
 
 /// The stop-and-copy, on the vCPU thread at the join boundary: the pages
@@ -324,6 +416,7 @@ fn capture(
     sub: Subscription,
     mut unsent: DirtyPages,
     queued_at: Instant,
+    disk: Option<(LocalDisk, u32)>,
     on_join: impl FnOnce(&mut ExitBoundary<'_>),
 ) -> Result<Captured, PersistError> {
     let t0 = Instant::now();
@@ -344,6 +437,13 @@ fn capture(
         .filter(|&i| i < mem.pages())
         .map(|i| (i as u32, mem.page(i).into()))
         .collect();
+    // The guest is stopped: no write is in flight, the copy is that of
+    // this exit once the chunks written since the last round are re-sent.
+    let disk = match disk {
+        Some((d, round)) => read_chunks(&d, &d.dirty.take(), round)
+            .map_err(|e| PersistError::save("block", "disk", crate::error_chain(&e)))?,
+        None => Vec::new(),
+    };
     let digest = b.state_digest()?;
     drop(sub);
     on_join(b);
@@ -358,17 +458,21 @@ fn capture(
         digest,
         paused_at,
         stop_copy: t1 - t0,
+        disk,
     })
 }
 
 /// Live pre-copy of the VM behind `control` into `out`, while it runs:
 ///
-/// 1. `Begin`, then subscribe to the dirty tracker and copy every page
-///    (round 0; zero pages as runs).
-/// 2. Round after round, re-send the pages the dirty log reports, until a
-///    round would send at most `stop_pages` or `max_rounds` is reached.
-/// 3. Pause at the next exit boundary (`capture`): the last dirty pages,
-///    every component, the join digest; `on_join` runs there too.
+/// 1. `Begin`; with a local disk copy, `Disk`, write tracking on and the
+///    whole disk (`DiskBlocks`, round 0); then subscribe to the dirty
+///    tracker and copy every page (round 0; zero pages as runs).
+/// 2. Round after round, re-send the pages the dirty log reports (and the
+///    disk chunks written since the last round), until a round would send
+///    at most `stop_pages` or `max_rounds` is reached.
+/// 3. Pause at the next exit boundary (`capture`): the last dirty pages and
+///    written disk chunks, every component, the join digest; `on_join`
+///    runs there too.
 /// 4. The guest resumes; once it reached its next exit (or after 20 ms),
 ///    the captured pages, the state records and `End` are written.
 ///
@@ -396,6 +500,29 @@ fn precopy<W: Write>(
 ) -> Result<(SendReport, W), SendStateError> {
     let mut w = RecordWriter::new(out);
     write(&mut w, &begin(control.identity(), cfg.attempt))?;
+    // A local disk copy: its size, then tracking of the chunks the guest
+    // writes from now on (before the full copy, like the dirty log).
+    let disk = control.local_disk().cloned();
+    let _tracking = disk.as_ref().map(|d| {
+        d.dirty.start();
+        Tracking(d)
+    });
+    let mut disk_sectors = 0;
+    let mut disk_bytes = 0;
+    let t = Instant::now();
+    if let Some(d) = &disk {
+        // The full copy of the disk first (round 0): what the guest writes
+        // from here on is re-sent by a later round or at the pause.
+        disk_bytes += write(&mut w, &Record::Disk { sectors: d.sectors })?;
+        let mut sector = 0;
+        while sector < d.sectors {
+            let rec = read_disk(d, sector, DISK_EXTENT_SECTORS)?;
+            let (bytes, n) = write_disk(&mut w, std::slice::from_ref(&rec))?;
+            disk_bytes += bytes;
+            disk_sectors += n;
+            sector += DISK_EXTENT_SECTORS;
+        }
+    }
     // Step 1.
     let sub = control
         .tracker()
@@ -404,16 +531,17 @@ fn precopy<W: Write>(
     let mem = control.memory();
     let mut page = vec![0u8; PAGE_SIZE];
     let mut rounds = Vec::new();
-    let t = Instant::now();
     let mut b = Batch::new(&mut w, 0, cfg.pages_per_record);
     for i in 0..mem.pages() {
         mem.copy_page(i, &mut page)
             .map_err(SendStateError::Memory)?;
         b.page(i as u32, &page)?;
     }
+    let mut full = b.finish()?;
+    full.bytes += disk_bytes;
     rounds.push(RoundReport {
         elapsed: t.elapsed(),
-        ..b.finish()?
+        ..full
     });
     // Step 2.
     let mut round = 1u32;
@@ -426,16 +554,25 @@ fn precopy<W: Write>(
                 .map_err(SendStateError::Memory)?;
             b.page(i as u32, &page)?;
         }
+        let mut r = b.finish()?;
+        if let Some(d) = &disk {
+            let recs = read_chunks(d, &d.dirty.take(), round)?;
+            let (bytes, n) = write_disk(&mut w, &recs)?;
+            r.bytes += bytes;
+            disk_sectors += n;
+        }
         rounds.push(RoundReport {
             elapsed: t.elapsed(),
-            ..b.finish()?
+            ..r
         });
         round += 1;
         dirty = sub.take().map_err(SendStateError::DirtyLog)?;
     }
     // Step 3.
     let queued_at = Instant::now();
-    let pending = control.call_at_next_exit(move |b| capture(b, sub, dirty, queued_at, on_join));
+    let at_pause = disk.clone().map(|d| (d, round));
+    let pending =
+        control.call_at_next_exit(move |b| capture(b, sub, dirty, queued_at, at_pause, on_join));
     let captured = pending
         .wait(cfg.pause_wait)
         .map_err(SendStateError::Pause)?
@@ -452,6 +589,9 @@ fn precopy<W: Write>(
         b.page(*i, data)?;
     }
     let mut last = b.finish()?;
+    let (bytes, disk_sectors_at_pause) = write_disk(&mut w, &captured.disk)?;
+    last.bytes += bytes;
+    disk_sectors += disk_sectors_at_pause;
     last.bytes += write_state(&mut w, &captured.state, captured.digest, captured.next_seq)?;
     w.flush().map_err(|source| SendStateError::Write {
         index: w.records(),
@@ -479,6 +619,8 @@ fn precopy<W: Write>(
         ordinal: captured.ordinal,
         next_seq: captured.next_seq,
         digest: captured.digest,
+        disk_sectors,
+        disk_sectors_at_pause,
     };
     Ok((report, w.into_inner()))
 }

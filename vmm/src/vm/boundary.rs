@@ -171,6 +171,7 @@ impl Vm {
             tracker: self.persist.tracker.clone(),
             memory: self.mem.reader(),
             identity: self.persist.identity.clone(),
+            disk: self.local_disk(),
         }
     }
 
@@ -235,6 +236,7 @@ pub struct VmControl {
     tracker: DirtyTracker,
     memory: MemoryReader,
     identity: Identity,
+    disk: Option<crate::devices::block::LocalDisk>,
 }
 
 impl std::fmt::Debug for VmControl {
@@ -289,6 +291,12 @@ impl VmControl {
     /// Guest, image and memory size of the VM.
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// The VM's local disk copy (`vmm.disk_mode = local`), which a live
+    /// transfer copies; `None` with a shared disk or none.
+    pub fn local_disk(&self) -> Option<&crate::devices::block::LocalDisk> {
+        self.disk.as_ref()
     }
 }
 

@@ -224,6 +224,15 @@ fn restore_device(
 }
 
 impl Vm {
+    /// The local disk copy of the VM's block device (`vmm.disk_mode =
+    /// local`); `None` with a shared disk or none.
+    pub fn local_disk(&self) -> Option<crate::devices::block::LocalDisk> {
+        self.devices.iter().find_map(|d| {
+            let any: &dyn Any = &**d;
+            any.downcast_ref::<Block>().and_then(Block::local_disk)
+        })
+    }
+
     /// Which guest, image and memory size this VM runs.
     pub fn identity(&self) -> &Identity {
         &self.persist.identity

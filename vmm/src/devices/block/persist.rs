@@ -139,9 +139,12 @@ impl<'a> Persist<'a> for Block {
             }
         }
         Ok(Block {
+            mode: host.mode,
+            path: host.path.clone(),
             file: host.file.clone(),
-            held: host.file.as_ref().map(|_| Arc::default()),
+            held: host.held.as_ref().map(|_| Arc::default()),
             host_sectors: host.host_sectors,
+            written: Arc::clone(&host.written),
             sectors: s.sectors,
             stats: Arc::clone(&host.stats),
         })
