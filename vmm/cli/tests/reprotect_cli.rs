@@ -28,7 +28,7 @@ fn args(v: &[&str]) -> Vec<String> {
 }
 
 /// The spare: waits on `listen`, registered at `arbiter` as a spare of `vm`.
-fn spare(dir: &Path, arbiter: &str, vm: &str, listen: &str, service: &str) -> Proc {
+fn spare(dir: &Path, arbiter: &str, vm: &str, listen: &str, service: &str, metrics: &str) -> Proc {
     let status = addr(false);
     let a = args(&[
         "--set",
@@ -49,6 +49,11 @@ fn spare(dir: &Path, arbiter: &str, vm: &str, listen: &str, service: &str) -> Pr
         vm,
         "--wait-secs",
         "30",
+        // Once live, look for the next spare (none comes: it runs
+        // unprotected and says so in its metrics).
+        "--find-spares",
+        "--metrics",
+        metrics,
     ]);
     let mut p = Proc::spawn(&ftvm(), "backup", &a, dir, status).unwrap();
     p.wait_status(Duration::from_secs(10), "waiting", |v| {
@@ -56,6 +61,17 @@ fn spare(dir: &Path, arbiter: &str, vm: &str, listen: &str, service: &str) -> Pr
     })
     .unwrap();
     p
+}
+
+/// `GET /metrics` of the endpoint at `addr`, the body.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
 }
 
 #[test]
@@ -67,7 +83,15 @@ fn an_unprotected_primary_takes_a_spare_and_then_survives_its_own_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let arbiter = format!("file:{}", dir.path().join("arbiter").display());
     let (service_a, service_b) = (addr(true), addr(true));
-    let mut backup = spare(dir.path(), &arbiter, "kv-rejoin", &addr(false), &service_b);
+    let metrics = addr(false);
+    let mut backup = spare(
+        dir.path(),
+        &arbiter,
+        "kv-rejoin",
+        &addr(false),
+        &service_b,
+        &metrics,
+    );
     // A dead spare first (nothing listens there): skipped, with why; the
     // live one is found at the arbiter (--find-spares).
     let dead = addr(false);
@@ -132,6 +156,20 @@ fn an_unprotected_primary_takes_a_spare_and_then_survives_its_own_sigkill() {
         .wait_status(Duration::from_secs(10), "live", |v| v["phase"] == "live")
         .unwrap();
     assert_eq!(v["generation"], 2, "{v}");
+    // Live and recording for a next backup: its status and metrics say so.
+    let v = backup
+        .wait_status(Duration::from_secs(5), "unprotected", |v| {
+            v["protection"] == "unprotected"
+        })
+        .unwrap();
+    assert_eq!(v["live"]["generation"], 2, "{v}");
+    let text = scrape(&metrics);
+    assert!(
+        text.contains(
+            r#"ftvm_live_protection_state{role="backup",vm="kv-rejoin",state="unprotected"} 1"#
+        ) && text.contains(r#"ftvm_backup_phase{role="backup",vm="kv-rejoin",phase="live"} 1"#),
+        "{text}"
+    );
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let r = load.join().unwrap().unwrap();

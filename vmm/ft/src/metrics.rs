@@ -239,12 +239,18 @@ impl PrimaryMetrics {
 
     /// The text format of every primary metric (docs/operations.md).
     pub fn encode(&self) -> String {
+        let mut r = registry("primary", self.vm.clone());
+        self.register(&mut r);
+        finish(&r)
+    }
+
+    /// Registers every primary metric into `r`.
+    fn register(&self, r: &mut Registry) {
         // Relaxed: reporting counters.
         let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let (sh, g, st) = (&self.shared, &self.gate, &self.sink);
-        let mut r = registry("primary", self.vm.clone());
         counter(
-            &mut r,
+            r,
             "log_entries",
             "Log entries the VM appended",
             ld(&st.entries),
@@ -257,7 +263,7 @@ impl PrimaryMetrics {
         );
         let ch = sh.channel_totals();
         counter(
-            &mut r,
+            r,
             "channel_entries_sent",
             "Log entries handed to the transport, over every backup this primary had",
             ch.entries_sent,
@@ -269,49 +275,49 @@ impl PrimaryMetrics {
             ConstCounter::new(ch.entry_bytes_sent),
         );
         counter(
-            &mut r,
+            r,
             "acks_received",
             "ACK frames received from the backup",
             ch.acks,
         );
         gauge(
-            &mut r,
+            r,
             "last_seq_sent",
             "Seq of the last entry handed to the transport",
             sh.last_sent_seq(),
         );
         gauge(
-            &mut r,
+            r,
             "last_seq_acked",
             "Highest seq the backup ACKed",
             sh.acked_seq(),
         );
         gauge(
-            &mut r,
+            r,
             "last_seq_replayed",
             "The backup's replay position (seq), from its ACKs",
             sh.replay().0,
         );
         gauge(
-            &mut r,
+            r,
             "exit_ordinal",
             "Exit ordinal of the last entry logged",
             ld(&st.exit_ordinal),
         );
         counter(
-            &mut r,
+            r,
             "outputs_submitted",
             "Outputs the VM submitted to the output rule",
             ld(&g.submitted),
         );
         counter(
-            &mut r,
+            r,
             "outputs_released",
             "Outputs released after their ACK (or unprotected)",
             ld(&g.released),
         );
         gauge(
-            &mut r,
+            r,
             "outputs_held",
             "Outputs waiting for an ACK now",
             g.held(),
@@ -323,43 +329,43 @@ impl PrimaryMetrics {
             g.release_latency.snapshot(),
         );
         seconds_gauge(
-            &mut r,
+            r,
             "replay_lag",
             "The backup's replay lag at the last check",
             ld(&st.lag_us),
         );
         seconds_gauge(
-            &mut r,
+            r,
             "replay_lag_max",
             "Largest replay lag seen",
             ld(&st.max_lag_us),
         );
         counter(
-            &mut r,
+            r,
             "flow_control_waits",
             "Times the vCPU waited on a full log ring",
             ld(&st.full_waits),
         );
         seconds_counter(
-            &mut r,
+            r,
             "flow_control_wait",
             "Time the vCPU waited on a full log ring",
             ld(&st.full_wait_us),
         );
         counter(
-            &mut r,
+            r,
             "lag_control_sleeps",
             "Lag-control sleeps (the backup lagged past lag_limit_us)",
             ld(&st.lag_sleeps),
         );
         seconds_counter(
-            &mut r,
+            r,
             "lag_control_sleep",
             "Time slept by lag control",
             ld(&st.lag_sleep_us),
         );
         state_gauge(
-            &mut r,
+            r,
             "protection_state",
             "Where the pair stands: 1 for the current state",
             "state",
@@ -367,30 +373,29 @@ impl PrimaryMetrics {
             sh.protection().name(),
         );
         gauge(
-            &mut r,
+            r,
             "generation",
             "The generation this side runs at",
             sh.generation(),
         );
         counter(
-            &mut r,
+            r,
             "peer_losses",
             "Backups lost (each starts a race at the arbiter)",
             sh.backup_losses(),
         );
         counter(
-            &mut r,
+            r,
             "failovers",
             "Races won after losing the backup (ran on unprotected)",
             sh.races_won(),
         );
         seconds_gauge(
-            &mut r,
+            r,
             "arbitration",
             "Time the last arbitration took (0: none yet)",
             sh.arbitration_us(),
         );
-        finish(&r)
     }
 }
 
@@ -482,6 +487,17 @@ pub fn encode_backup(status: &BackupStatus) -> String {
         "Time the last arbitration took (0: none yet)",
         ms_us(t.arbitration_ms()),
     );
+    // Live and recording for its next backup (--spare, --find-spares): the
+    // primary's metrics too, as `ftvm_live_*`.
+    if let Some(live) = status.live() {
+        let m = PrimaryMetrics::from_parts(
+            &status.vm(),
+            live.shared.clone(),
+            live.gate.clone(),
+            live.sink.clone(),
+        );
+        m.register(r.sub_registry_with_prefix("live"));
+    }
     finish(&r)
 }
 
