@@ -15,6 +15,7 @@ pub fn write_bytes(bytes: &[u8]) {
 }
 
 /// A line buffer of up to 1 KiB, flushed when full and on drop.
+#[derive(Debug)]
 pub struct Line {
     buf: [u8; 1024],
     len: usize,
