@@ -1,8 +1,10 @@
 //! ftvm-ring: the lock-free core of the logging channel.
 //!
 //! Contract: single producer, single consumer; no locks, no allocation after
-//! construction, no system calls on the data path. This crate is the only
-//! place of atomics and `unsafe` in the channel; every `unsafe` block states
+//! construction, no system calls on the data path. This crate holds the
+//! channel's memory-model `unsafe` (shared ring memory, atomics); the
+//! transports' system calls (`setsockopt`, `poll`, io_uring, the shm
+//! mapping) are `unsafe` in the transports themselves. Every `unsafe` block states
 //! the invariant it relies on and where that invariant is established, and
 //! every atomic ordering names the operation it pairs with. Design notes with
 //! layout diagrams: `docs/ring.md`.
