@@ -177,11 +177,24 @@ pub fn run_source(
     opts: &SourceOpts,
     stop: &AtomicBool,
 ) -> anyhow::Result<SourceSummary> {
+    // What can be checked is checked before connecting.
+    if opts.payload > ftvm_wire::MAX_PAYLOAD_LEN {
+        bail!(
+            "--payload {}: larger than an entry's payload may be ({} bytes)",
+            opts.payload,
+            ftvm_wire::MAX_PAYLOAD_LEN
+        );
+    }
+    let capture = match &opts.capture {
+        Some(p) => Some(
+            File::create(p)
+                .with_context(|| format!("--capture {}: creating the file", p.display()))?,
+        ),
+        None => None,
+    };
     let t = transport::connect(&settings.channel, addr)?;
     let (mut primary, mut app) = Primary::establish(t, &settings.channel, hello(settings))?;
-    if let Some(p) = &opts.capture {
-        let f =
-            File::create(p).with_context(|| format!("creating capture file {}", p.display()))?;
+    if let Some(f) = capture {
         primary.capture_to(Box::new(BufWriter::new(f)))?;
     }
     let payload: Vec<u8> = (0..opts.payload).map(|i| (i * 7 + 3) as u8).collect();

@@ -70,6 +70,11 @@ pub fn run(cmd: ChannelCommand, settings: &Settings) -> anyhow::Result<()> {
     match cmd {
         ChannelCommand::Sink(a) => {
             let s = with_transport(settings, a.transport.as_deref())?;
+            // Checked before listening (each connection re-creates it).
+            if let Some(p) = &a.capture {
+                std::fs::File::create(p)
+                    .with_context(|| format!("--capture {}: creating the file", p.display()))?;
+            }
             let mut listener = transport::listen(&s.channel, &a.listen)?;
             eprintln!(
                 "ftvm channel sink: listening on {} ({})",

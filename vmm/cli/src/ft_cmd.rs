@@ -198,7 +198,36 @@ pub fn run_primary(
         .unwrap_or_else(|| default_vm_name(&c.guest, service));
     let service = service.map_or_else(|| "-".to_string(), |a| a.to_string());
     let candidate = ftvm_ft::candidate("primary", &service);
+    // Status is served (and its address checked) before the generation is
+    // claimed and the pair forms: `connecting` until then.
+    let claimed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let view = Arc::new(std::sync::OnceLock::<ftvm_ft::status::PrimaryView>::new());
+    if let Some(addr) = status_addr {
+        let (view, vm, claimed) = (view.clone(), vm.clone(), claimed.clone());
+        let local = ftvm_ft::status::serve(
+            addr,
+            Arc::new(move || {
+                let mut v = serde_json::json!({"role": "primary", "vm": vm, "mode": "record"});
+                let report = match view.get() {
+                    Some(view) => serde_json::to_value(view.report()),
+                    None => Ok(serde_json::json!({
+                        "protection": "connecting",
+                        // Relaxed: a reporting value.
+                        "generation": claimed.load(Ordering::Relaxed),
+                    })),
+                };
+                if let (Some(o), Ok(serde_json::Value::Object(r))) = (v.as_object_mut(), report) {
+                    o.extend(r);
+                }
+                v
+            }),
+        )
+        .with_context(|| format!("--status {addr}: serving status"))?;
+        eprintln!("ftvm primary: status on {local}");
+    }
     let generation = claim_generation(arbiter.as_ref(), &vm, &candidate)?;
+    // Relaxed: read only for status.
+    claimed.store(generation, Ordering::Relaxed);
     let stop = c.stop.clone();
     let opts = PrimaryOptions {
         pair: PairIdentity {
@@ -239,24 +268,10 @@ pub fn run_primary(
         end.gate_counters.clone(),
         end.sink_stats.clone(),
     );
-    if let Some(addr) = status_addr {
-        let view = ftvm_ft::status::PrimaryView::of(&end, s.channel.lag_limit_us);
-        let vm = vm.clone();
-        let local = ftvm_ft::status::serve(
-            addr,
-            Arc::new(move || {
-                let mut v = serde_json::json!({"role": "primary", "vm": vm, "mode": "record"});
-                if let (Some(o), Ok(serde_json::Value::Object(r))) =
-                    (v.as_object_mut(), serde_json::to_value(view.report()))
-                {
-                    o.extend(r);
-                }
-                v
-            }),
-        )
-        .with_context(|| format!("serving status on {addr}"))?;
-        eprintln!("ftvm primary: status on {local}");
-    }
+    let _ = view.set(ftvm_ft::status::PrimaryView::of(
+        &end,
+        s.channel.lag_limit_us,
+    ));
     if let Some(m) = metrics {
         let view = ftvm_ft::metrics::PrimaryMetrics::new(&vm, &end);
         let local = m.serve(Arc::new(move || view.encode()))?;

@@ -321,7 +321,54 @@ fn common_errors_say_each_cause_once() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().to_string()
     };
-    let cases: [(&[&str], &str); 3] = [
+    // Bad arguments are named before anything connects (`refused` would
+    // say "Connection refused" otherwise).
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &[
+                "channel",
+                "source",
+                "--connect",
+                &refused,
+                "--payload",
+                "99999999",
+            ],
+            "--payload 99999999: larger than an entry's payload may be",
+        ),
+        (
+            &[
+                "channel",
+                "source",
+                "--connect",
+                &refused,
+                "--capture",
+                "/nonexistent/x.log",
+            ],
+            "--capture /nonexistent/x.log: creating the file",
+        ),
+        (
+            &[
+                "channel",
+                "sink",
+                "--listen",
+                "127.0.0.1:0",
+                "--capture",
+                "/nonexistent/x.log",
+            ],
+            "--capture /nonexistent/x.log: creating the file",
+        ),
+        (
+            &[
+                "primary",
+                "--guest",
+                "kv",
+                "--backup",
+                &refused,
+                "--status",
+                "127.0.0.1:notaport",
+            ],
+            "--status 127.0.0.1:notaport: serving status",
+        ),
         (
             &["channel", "source", "--connect", "nonsense"],
             "invalid socket address",
