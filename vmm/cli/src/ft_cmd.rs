@@ -19,6 +19,7 @@ use ftvm_vmm::{RunMode, RunOutcome, StopReason, Vm, VmConfig};
 use ftvm_wire::control::StopCause;
 
 use crate::channel_cmd::with_transport;
+use ftvm_ft::events::notice;
 
 /// Where the pair's generations are decided, and under which name.
 #[derive(Debug, Clone, clap::Args)]
@@ -53,7 +54,7 @@ impl PairArgs {
         } else {
             ""
         };
-        eprintln!("ftvm {role}: arbiter {}{scope}", a.url());
+        notice(role, &format!("arbiter {}{scope}", a.url()));
         Ok(a)
     }
 
@@ -223,7 +224,7 @@ pub fn run_primary(
             }),
         )
         .with_context(|| format!("--status {addr}: serving status"))?;
-        eprintln!("ftvm primary: status on {local}");
+        notice("primary", &format!("status on {local}"));
     }
     let generation = claim_generation(arbiter.as_ref(), &vm, &candidate)?;
     // Relaxed: read only for status.
@@ -244,21 +245,27 @@ pub fn run_primary(
     let (end, reprotect): (PrimaryEnd, _) = match protect {
         Protect::Backup { addr, .. } => {
             let end = connect_primary(&s, addr, &c.image, opts)?;
-            eprintln!(
-                "ftvm primary: VM {vm:?} at generation {generation}, protected by the backup at {addr} ({})",
-                s.channel.transport.name()
+            notice(
+                "primary",
+                &format!(
+                    "VM {vm:?} at generation {generation}, protected by the backup at {addr} ({})",
+                    s.channel.transport.name()
+                ),
             );
             (end, None)
         }
         Protect::Spares(spares) => {
             let (end, r) = ftvm_ft::rejoin::unprotected_primary(&s, &c.image, opts)?;
-            eprintln!(
-                "ftvm primary: VM {vm:?} at generation {generation}, UNPROTECTED until a spare joins ({})",
-                if spares.list.is_empty() {
-                    "spares registered at the arbiter".to_string()
-                } else {
-                    spares.list.join(", ")
-                }
+            notice(
+                "primary",
+                &format!(
+                    "VM {vm:?} at generation {generation}, UNPROTECTED until a spare joins ({})",
+                    if spares.list.is_empty() {
+                        "spares registered at the arbiter".to_string()
+                    } else {
+                        spares.list.join(", ")
+                    }
+                ),
             );
             (end, Some((r, spares.clone())))
         }
@@ -275,7 +282,7 @@ pub fn run_primary(
     if let Some(m) = metrics {
         let view = ftvm_ft::metrics::PrimaryMetrics::new(&vm, &end);
         let local = m.serve(Arc::new(move || view.encode()))?;
-        eprintln!("ftvm primary: metrics on http://{local}/metrics");
+        notice("primary", &format!("metrics on http://{local}/metrics"));
     }
     let sink = end.install(&mut c);
     let sink: Box<dyn ftvm_vmm::LogSink> = match record_log {
@@ -303,7 +310,7 @@ pub fn run_primary(
         if let Some(f) = floating
             && let Err(e) = f.remove()
         {
-            eprintln!("ftvm primary: {why}: {}", ftvm_vmm::error_chain(&e));
+            notice("primary", &format!("{why}: {}", ftvm_vmm::error_chain(&e)));
         }
     };
     let outcome = match run {
@@ -320,24 +327,30 @@ pub fn run_primary(
     };
     let r = Ordering::Relaxed;
     match shared.channel_stats() {
-        Some(stats) => eprintln!(
-            "channel: {} entries, {} bytes in {} sends, {} ACKs; outputs released {}; ring full {} times; lag max {} us, {} lag-control sleeps ({} us)",
-            stats.entries_sent,
-            stats.entry_bytes_sent,
-            stats.link.sends,
-            stats.acks,
-            gate_counters.released.load(r),
-            sink_stats.full_waits.load(r),
-            sink_stats.max_lag_us.load(r),
-            sink_stats.lag_sleeps.load(r),
-            sink_stats.lag_sleep_us.load(r),
+        Some(stats) => notice(
+            "primary",
+            &format!(
+                "channel: {} entries, {} bytes in {} sends, {} ACKs; outputs released {}; ring full {} times; lag max {} us, {} lag-control sleeps ({} us)",
+                stats.entries_sent,
+                stats.entry_bytes_sent,
+                stats.link.sends,
+                stats.acks,
+                gate_counters.released.load(r),
+                sink_stats.full_waits.load(r),
+                sink_stats.max_lag_us.load(r),
+                sink_stats.lag_sleeps.load(r),
+                sink_stats.lag_sleep_us.load(r),
+            ),
         ),
-        None => eprintln!(
-            "ftvm primary: stopped {} at generation {} ({}); outputs released {}",
-            shared.protection().name(),
-            shared.generation(),
-            shared.note(),
-            gate_counters.released.load(r)
+        None => notice(
+            "primary",
+            &format!(
+                "stopped {} at generation {} ({}); outputs released {}",
+                shared.protection().name(),
+                shared.generation(),
+                shared.note(),
+                gate_counters.released.load(r)
+            ),
         ),
     }
     give_back("giving back the service address");
@@ -373,15 +386,21 @@ fn spare_vm(
         Some(name) => {
             let r = ftvm_ft::spare::SpareRegistration::register(arbiter.clone(), name, &local)
                 .with_context(|| format!("registering spare {local} of VM {name:?}"))?;
-            eprintln!(
-                "ftvm backup: spare {local} of VM {name:?} registered at {}",
-                arbiter.url()
+            notice(
+                "backup",
+                &format!(
+                    "spare {local} of VM {name:?} registered at {}",
+                    arbiter.url()
+                ),
             );
             Some(r)
         }
         None => None,
     };
-    eprintln!("ftvm backup: waiting as a SPARE on {local} (tcp) for a live side's state");
+    notice(
+        "backup",
+        &format!("waiting as a SPARE on {local} (tcp) for a live side's state"),
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(a.wait_secs);
     let give_up = || stop.load(Ordering::Relaxed) || std::time::Instant::now() > deadline;
     let backing = ftvm_ft::spare::join_as_backup(
@@ -393,16 +412,22 @@ fn spare_vm(
         plan(&local),
         &give_up,
         |peer, e| {
-            eprintln!(
-                "ftvm backup: refused a transfer from {peer}: {}",
-                ftvm_vmm::error_chain(e)
+            notice(
+                "backup",
+                &format!(
+                    "refused a transfer from {peer}: {}",
+                    ftvm_vmm::error_chain(e)
+                ),
             );
         },
     )?;
     let r = &backing.report;
-    eprintln!(
-        "ftvm backup: took the state of {}: {} bytes, {} pages ({} zero), join at exit {} (seq {}), digest {:016x}",
-        backing.peer, r.bytes, r.pages, r.zero_pages, r.ordinal, r.next_seq, r.digest.digest
+    notice(
+        "backup",
+        &format!(
+            "took the state of {}: {} bytes, {} pages ({} zero), join at exit {} (seq {}), digest {:016x}",
+            backing.peer, r.bytes, r.pages, r.zero_pages, r.ordinal, r.next_seq, r.digest.digest
+        ),
     );
     Ok((
         vm,
@@ -450,7 +475,7 @@ pub fn run_backup(a: BackupArgs, settings: &Settings) -> anyhow::Result<RunOutco
     };
     if let Some(addr) = &a.metrics {
         let local = ftvm_ft::metrics::serve_backup("--metrics", addr, opts.status.clone())?;
-        eprintln!("ftvm backup: metrics on http://{local}/metrics");
+        notice("backup", &format!("metrics on http://{local}/metrics"));
     }
     if let Some(addr) = &a.status {
         let status = opts.status.clone();
@@ -475,7 +500,7 @@ pub fn run_backup(a: BackupArgs, settings: &Settings) -> anyhow::Result<RunOutco
             }),
         )
         .with_context(|| format!("serving status on {addr}"))?;
-        eprintln!("ftvm backup: status on {local}");
+        notice("backup", &format!("status on {local}"));
     }
     // A signal stops the backup at the next exit boundary it reaches.
     c.stop = stop.clone();
@@ -513,10 +538,13 @@ pub fn run_backup(a: BackupArgs, settings: &Settings) -> anyhow::Result<RunOutco
         spare_vm(c, &s, &a, &image, &opts, &arbiter, &stop, &control, plan)?
     } else {
         let mut listener = transport::listen(&s.channel, &a.listen)?;
-        eprintln!(
-            "ftvm backup: waiting for a primary on {} ({})",
-            listener.local_addr(),
-            s.channel.transport.name()
+        notice(
+            "backup",
+            &format!(
+                "waiting for a primary on {} ({})",
+                listener.local_addr(),
+                s.channel.transport.name()
+            ),
         );
         let end = accept_backup(
             &s,
@@ -543,11 +571,14 @@ pub fn run_backup(a: BackupArgs, settings: &Settings) -> anyhow::Result<RunOutco
         (None, Some(addr)) => addr.to_string(),
         (None, None) => "nothing (no --service)".to_string(),
     };
-    eprintln!(
-        "ftvm backup: replaying the log of {peer} — VM {:?} at generation {}; if the primary is lost, this backup races for generation {} and serves {serves}",
-        hello.vm,
-        hello.generation,
-        hello.generation + 1,
+    notice(
+        "backup",
+        &format!(
+            "replaying the log of {peer} — VM {:?} at generation {}; if the primary is lost, this backup races for generation {} and serves {serves}",
+            hello.vm,
+            hello.generation,
+            hello.generation + 1,
+        ),
     );
     let run = vm.run();
     // Tell the primary why replay stopped (a Stop frame when the VM is
@@ -575,18 +606,24 @@ pub fn run_backup(a: BackupArgs, settings: &Settings) -> anyhow::Result<RunOutco
         && let Some(f) = &floating
         && let Err(e) = f.remove()
     {
-        eprintln!(
-            "ftvm backup: giving back the service address: {}",
-            ftvm_vmm::error_chain(&e)
+        notice(
+            "backup",
+            &format!(
+                "giving back the service address: {}",
+                ftvm_vmm::error_chain(&e)
+            ),
         );
     }
     let outcome = run?;
     if outcome.reason == StopReason::Requested {
-        eprintln!(
-            "ftvm backup: stopped on request ({}) at exit {}, last seq replayed {}",
-            status.phase().name(),
-            outcome.exits,
-            stats.replayed.load(Ordering::Relaxed)
+        notice(
+            "backup",
+            &format!(
+                "stopped on request ({}) at exit {}, last seq replayed {}",
+                status.phase().name(),
+                outcome.exits,
+                stats.replayed.load(Ordering::Relaxed)
+            ),
         );
     }
     Ok(outcome)

@@ -34,6 +34,11 @@ struct Cli {
     /// both ends of a pair must share (the handshake refuses a mismatch).
     #[arg(long, global = true, value_name = "MODE", value_parser = ["shared", "local"])]
     disk_mode: Option<String>,
+    /// Log output on stderr: `human` (`ftvm primary: …` lines) or `json`
+    /// (one JSON object per event, with a `ftvm::state` event at every
+    /// protection or phase change).
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,6 +71,8 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let mut cli = Cli::parse();
+    let format = ftvm_ft::events::LogFormat::parse(&cli.log_format).unwrap_or_default();
+    ftvm_ft::events::install(format);
     if let Some(mode) = &cli.disk_mode {
         cli.sets.push(format!("vmm.disk_mode={mode}"));
     }
@@ -86,6 +93,10 @@ fn main() -> std::process::ExitCode {
         });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if format == ftvm_ft::events::LogFormat::Json => {
+            tracing::error!(target: ftvm_ft::events::NOTICE, side = "ftvm", "error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("ftvm: error: {e:#}");
             std::process::ExitCode::FAILURE

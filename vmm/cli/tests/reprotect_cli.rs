@@ -33,6 +33,9 @@ fn spare(dir: &Path, arbiter: &str, vm: &str, listen: &str, service: &str, metri
     let a = args(&[
         "--set",
         "channel.peer_timeout_ms=300",
+        // Structured logs: checked at the end.
+        "--log-format",
+        "json",
         "backup",
         "--as-spare",
         "--guest",
@@ -186,6 +189,32 @@ fn an_unprotected_primary_takes_a_spare_and_then_survives_its_own_sigkill() {
     let err = ftvm_testkit::checked_stderr(backup.stderr());
     assert!(
         err.contains("took the state of") && err.contains("LIVE at generation 2"),
+        "{err}"
+    );
+    // Every line is a JSON event; the phases came as state events, in order.
+    let events: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let phases: Vec<&str> = events
+        .iter()
+        .filter(|e| e["target"] == "ftvm::state" && e["side"] == "backup")
+        .filter_map(|e| e["state"].as_str())
+        .collect();
+    let at = |p: &str| phases.iter().position(|x| *x == p);
+    assert!(
+        at("replaying") < at("draining")
+            && at("draining") < at("arbitrating")
+            && at("arbitrating") < at("live")
+            && at("replaying").is_some(),
+        "{phases:?}"
+    );
+    // Once live it records for a next backup: the driver's states follow.
+    assert!(
+        events.iter().any(|e| e["target"] == "ftvm::state"
+            && e["side"] == "primary"
+            && e["state"] == "unprotected"
+            && e["generation"] == 2),
         "{err}"
     );
 }

@@ -104,6 +104,8 @@ pub struct PairIdentity {
 /// What the driver publishes for the status endpoint, the sink and tests.
 #[derive(Debug)]
 pub struct DriverShared {
+    /// The VM's name (for events).
+    vm: String,
     state: AtomicU8,
     generation: AtomicU64,
     acked: AtomicU64,
@@ -133,11 +135,16 @@ pub struct DriverShared {
 }
 
 impl DriverShared {
-    pub(crate) fn new(generation: u64, protection: Protection) -> std::io::Result<DriverShared> {
+    pub(crate) fn new(
+        vm: &str,
+        generation: u64,
+        protection: Protection,
+    ) -> std::io::Result<DriverShared> {
         let (kick_tx, kick_rx) = UnixDatagram::pair()?;
         kick_tx.set_nonblocking(true)?;
         kick_rx.set_nonblocking(true)?;
-        Ok(DriverShared {
+        let shared = DriverShared {
+            vm: vm.to_string(),
             state: AtomicU8::new(protection as u8),
             generation: AtomicU64::new(generation),
             acked: AtomicU64::new(0),
@@ -157,7 +164,15 @@ impl DriverShared {
             transfer: Mutex::new(TransferView::default()),
             kick_tx,
             kick_rx,
-        })
+        };
+        // The first state: protected (connected) or unprotected (no backup yet).
+        crate::events::state_changed("primary", protection.name(), vm, generation, "");
+        Ok(shared)
+    }
+
+    /// The VM's name.
+    pub fn vm(&self) -> &str {
+        &self.vm
     }
 
     /// Where the pair stands.
@@ -274,6 +289,13 @@ impl DriverShared {
         }
         // Release: publishes the note; pairs with the Acquire in `protection`.
         self.state.store(p as u8, Ordering::Release);
+        crate::events::state_changed(
+            "primary",
+            p.name(),
+            &self.vm,
+            self.generation(),
+            &self.note(),
+        );
         // A full socket buffer already holds a kick.
         let _ = self.kick_tx.send(&[1]);
     }
@@ -470,10 +492,7 @@ impl std::fmt::Debug for PrimaryDriver {
     }
 }
 
-/// Prints one line about the pair on stderr (the operator's view).
-pub(crate) fn notice(side: &str, msg: &str) {
-    eprintln!("ftvm {side}: {msg}");
-}
+pub(crate) use crate::events::notice;
 
 impl PrimaryDriver {
     /// A protected driver over the connected `primary`, taking outputs from
@@ -486,7 +505,11 @@ impl PrimaryDriver {
         give_up: GiveUp,
         finish_timeout: Duration,
     ) -> std::io::Result<PrimaryDriver> {
-        let shared = Arc::new(DriverShared::new(pair.generation, Protection::Protected)?);
+        let shared = Arc::new(DriverShared::new(
+            &pair.vm,
+            pair.generation,
+            Protection::Protected,
+        )?);
         shared.publish(&primary, ChannelTotals::default());
         Ok(PrimaryDriver {
             state: State::Protected(Box::new(primary)),
@@ -514,7 +537,11 @@ impl PrimaryDriver {
         finish_timeout: Duration,
         joins: Joins,
     ) -> std::io::Result<PrimaryDriver> {
-        let shared = Arc::new(DriverShared::new(pair.generation, Protection::Unprotected)?);
+        let shared = Arc::new(DriverShared::new(
+            &pair.vm,
+            pair.generation,
+            Protection::Unprotected,
+        )?);
         Ok(PrimaryDriver {
             state: State::Unprotected(consumer),
             gate: AckGate::new(),

@@ -191,6 +191,7 @@ impl BackupStatus {
     pub(crate) fn set_phase(&self, p: BackupPhase) {
         // Release: the timeline written before is visible with the phase.
         self.phase.store(p as u8, Ordering::Release);
+        crate::events::state_changed("backup", p.name(), &self.vm(), self.generation(), "");
     }
 
     fn edit(&self, f: impl FnOnce(&mut Timeline)) {

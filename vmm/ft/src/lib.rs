@@ -45,6 +45,7 @@
 //! counters.
 
 pub mod driver;
+pub mod events;
 mod gate;
 pub mod golive;
 pub mod local;

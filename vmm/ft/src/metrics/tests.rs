@@ -78,7 +78,7 @@ fn histogram_buckets_follow_le_semantics() {
 
 #[test]
 fn primary_metrics_encode_as_documented() {
-    let shared = Arc::new(DriverShared::new(3, Protection::Protected).unwrap());
+    let shared = Arc::new(DriverShared::new("kv", 3, Protection::Protected).unwrap());
     let gate = Arc::new(GateCounters::default());
     let sink = Arc::new(SinkStats::default());
     sink.entries.store(10, Ordering::Relaxed);
