@@ -234,7 +234,7 @@ fn local_spare(dir: &Path, name: &'static str, arbiter: &str, listen: &str, disk
         "--set",
         "channel.peer_timeout_ms=300",
         "backup",
-        "--spare",
+        "--as-spare",
         "--guest",
         "echo",
         "--arg",
