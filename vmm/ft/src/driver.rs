@@ -460,8 +460,9 @@ pub(crate) enum Join {
     At(u64),
     /// The spare took the state: the channel to it, to handshake on.
     Ready(Box<dyn ftvm_channel::transport::Transport>, String),
-    /// The transfer failed after the join: no backup came of it.
-    Failed(String),
+    /// The transfer failed after the join: no backup came of it (the
+    /// spare, what went wrong).
+    Failed(String, String),
 }
 
 enum State {
@@ -609,9 +610,11 @@ impl PrimaryDriver {
                         }
                     }
                 }
-                (Join::Failed(why), State::Joining { consumer, .. }) => {
+                (Join::Failed(spare, why), State::Joining { consumer, .. }) => {
                     // No channel, no backup: the spare cannot go live.
-                    let msg = format!("the spare did not join ({why}): running on UNPROTECTED");
+                    let msg = format!(
+                        "spare {spare} not joined after the join exit ({why}): released what was held, running on UNPROTECTED"
+                    );
                     notice("primary", &msg);
                     self.shared.set_state(Protection::Unprotected, Some(msg));
                     State::Unprotected(consumer)

@@ -304,7 +304,7 @@ impl Reprotector {
                         .map_err(|e| ftvm_vmm::error_chain(&e))
                 }) {
                     Ok(t) => Join::Ready(Box::new(t), spare.to_string()),
-                    Err(why) => Join::Failed(why),
+                    Err(why) => Join::Failed(spare.to_string(), why),
                 }
             }
             Err(e) => {
@@ -315,7 +315,7 @@ impl Reprotector {
                     self.shared.edit_transfer(|t| t.failed += 1);
                     return false;
                 }
-                Join::Failed(why)
+                Join::Failed(spare.to_string(), why)
             }
         };
         let _ = self.tx.send(step);
