@@ -146,11 +146,7 @@ impl Settings {
     /// FNV-1a (64 bit) of [`Settings::fingerprint_text`]: equal on both ends of
     /// an FT pair iff they agree on the pair keys. Stable across builds and hosts.
     pub fn fingerprint(&self) -> u64 {
-        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-        const PRIME: u64 = 0x0000_0100_0000_01b3;
-        self.fingerprint_text().bytes().fold(OFFSET, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
-        })
+        ftvm_guest_abi::fnv::hash(self.fingerprint_text().as_bytes())
     }
 
     /// The resolved settings as a complete TOML file (every key, units as

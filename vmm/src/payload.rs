@@ -6,15 +6,8 @@ use ftvm_wire::Kind;
 /// Bytes before the device data in an input entry: `port: u16, reserved: u16`.
 pub const INPUT_PREFIX_LEN: usize = 4;
 
-/// FNV-1a 64 of `bytes` (the output digest).
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
+/// FNV-1a 64 of `bytes` (the output digest; `ftvm_guest_abi::fnv`).
+pub use ftvm_guest_abi::fnv::hash as fnv1a64;
 
 fn u16_at(p: &[u8], off: usize) -> Option<u16> {
     Some(u16::from_le_bytes(p.get(off..off + 2)?.try_into().ok()?))

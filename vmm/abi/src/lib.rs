@@ -188,3 +188,45 @@ const _: () = {
     assert!(DEV_REGION + DEV_REGION_LEN <= HEAP_START);
     assert!((MIN_MEM_MIB as u64) << 20 > HEAP_START);
 };
+
+/// FNV-1a, 64 bit: the tree's one fixed hash — the VMM's output digests,
+/// the settings fingerprint, the kv store's table layout and the dns
+/// guest's digests and duplicate table, in the guest and on the host alike.
+/// Fixed (not seeded), so values are the same on every run, build and host.
+pub mod fnv {
+    /// The offset basis: the hash of no bytes.
+    pub const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    /// The FNV prime.
+    pub const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    /// `h` (a hash so far, [`OFFSET`] to start) extended by `bytes`.
+    pub const fn extend(mut h: u64, bytes: &[u8]) -> u64 {
+        let mut i = 0;
+        while i < bytes.len() {
+            h ^= bytes[i] as u64;
+            h = h.wrapping_mul(PRIME);
+            i += 1;
+        }
+        h
+    }
+
+    /// The hash of `bytes`.
+    pub const fn hash(bytes: &[u8]) -> u64 {
+        extend(OFFSET, bytes)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn known_values() {
+            // Published FNV-1a 64 test vectors.
+            assert_eq!(super::hash(b""), 0xcbf2_9ce4_8422_2325);
+            assert_eq!(super::hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+            assert_eq!(super::hash(b"foobar"), 0x8594_4171_f739_67e8);
+            assert_eq!(
+                super::extend(super::hash(b"foo"), b"bar"),
+                super::hash(b"foobar")
+            );
+        }
+    }
+}

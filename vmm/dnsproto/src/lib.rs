@@ -269,15 +269,9 @@ pub mod class {
     pub const ANY: u16 = 255;
 }
 
-/// FNV-1a, 64 bit: the fixed hash of the digests and the duplicate table.
-pub(crate) fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
-    let mut h = h;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
+/// FNV-1a, 64 bit (`ftvm_guest_abi::fnv`): the fixed hash of the digests
+/// and the duplicate table.
+pub(crate) use ftvm_guest_abi::fnv::extend as fnv1a;
 
 /// FNV-1a's offset basis.
-pub(crate) const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+pub(crate) use ftvm_guest_abi::fnv::OFFSET as FNV_START;

@@ -1,7 +1,8 @@
 //! ftvm-kvproto: the kv reference service shared by the kv guest and the host.
 //!
 //! Contract: the datagram codec ([`Request`], [`Reply`]) and the store
-//! ([`Store`]) are `no_std`, allocation-free and dependency-free, so the kv
+//! ([`Store`]) are `no_std`, allocation-free and free of dependencies but
+//! `ftvm-guest-abi` (the shared hash), so the kv
 //! guest runs exactly this code; every malformed datagram is a
 //! [`KvDecodeError`] naming the field and value, never a panic. With feature
 //! `std` the crate adds the host side: a UDP client (`client`), a

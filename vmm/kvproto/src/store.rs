@@ -107,14 +107,7 @@ pub struct Store<K, C> {
 
 /// FNV-1a, 64 bit: a fixed hash, so that table layout (and so a guest's
 /// memory image) is the same on every run.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
+use ftvm_guest_abi::fnv::hash as fnv1a;
 
 /// Where `probe` found the key: its slot, or the first free slot.
 enum Probe {
