@@ -16,14 +16,6 @@ use ftvm_tuning::Settings;
 use ftvm_wire::Kind;
 use hdrhistogram::Histogram;
 
-fn hello(settings: &Settings) -> HelloParams {
-    HelloParams {
-        settings_fingerprint: settings.fingerprint(),
-        settings_text: settings.fingerprint_text(),
-        ..HelloParams::default()
-    }
-}
-
 /// Serves connections one after another until `stop` or `max` connections.
 pub fn serve_sink(
     settings: &Settings,
@@ -77,7 +69,7 @@ fn sink_connection(
     stop: &AtomicBool,
 ) -> Result<BackupStats, SinkFailure> {
     let fail = |stats, e: anyhow::Error| (stats, e);
-    let mut backup = Backup::establish(t, &settings.channel, hello(settings))
+    let mut backup = Backup::establish(t, &settings.channel, HelloParams::of_settings(settings))
         .map_err(|e| fail(BackupStats::default(), e.into()))?;
     let mut cap = match capture {
         Some(p) => {
@@ -193,7 +185,8 @@ pub fn run_source(
         None => None,
     };
     let t = transport::connect(&settings.channel, addr)?;
-    let (mut primary, mut app) = Primary::establish(t, &settings.channel, hello(settings))?;
+    let (mut primary, mut app) =
+        Primary::establish(t, &settings.channel, HelloParams::of_settings(settings))?;
     if let Some(f) = capture {
         primary.capture_to(Box::new(BufWriter::new(f)))?;
     }

@@ -383,10 +383,8 @@ fn stream_sink(_: &Settings, p: Params, mut t: Box<dyn Transport>) -> Result<()>
 
 fn hello(settings: &Settings, next_seq: u64) -> HelloParams {
     HelloParams {
-        settings_fingerprint: settings.fingerprint(),
-        settings_text: settings.fingerprint_text(),
         next_seq,
-        ..HelloParams::default()
+        ..HelloParams::of_settings(settings)
     }
 }
 

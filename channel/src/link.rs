@@ -33,6 +33,18 @@ pub struct HelloParams {
     pub guest_arg: u64,
 }
 
+impl HelloParams {
+    /// The Hello of a channel end with `settings` and nothing else (channel
+    /// tools; a VMM end adds its guest, VM and generation, `ftvm_ft::hello`).
+    pub fn of_settings(settings: &ftvm_tuning::Settings) -> HelloParams {
+        HelloParams {
+            settings_fingerprint: settings.fingerprint(),
+            settings_text: settings.fingerprint_text(),
+            ..HelloParams::default()
+        }
+    }
+}
+
 /// Traffic counters of one connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LinkStats {

@@ -92,14 +92,13 @@ pub fn hello(
     generation: u64,
 ) -> ftvm_channel::HelloParams {
     ftvm_channel::HelloParams {
-        settings_fingerprint: settings.fingerprint(),
-        settings_text: settings.fingerprint_text(),
         image_digest: image_digest(image),
         next_seq: 1,
         generation,
         vm: vm.to_string(),
         guest: guest.to_string(),
         guest_arg,
+        ..ftvm_channel::HelloParams::of_settings(settings)
     }
 }
 
