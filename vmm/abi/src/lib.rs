@@ -230,3 +230,90 @@ pub mod fnv {
         }
     }
 }
+
+/// The NIC's layout in the device region and its port (`docs/devices.md`):
+/// one definition for the VMM's device and the guest driver.
+pub mod nic {
+    use crate::DEV_REGION;
+
+    /// Doorbell: any 32-bit `out`; sends pending tx slots, fills free rx slots.
+    pub const PORT_DOORBELL: u16 = 0x40;
+    /// The control block (four `u32` indices).
+    pub const CTRL: u64 = DEV_REGION;
+    /// Offset of `rx_prod` (written by the VMM).
+    pub const RX_PROD: u64 = 0;
+    /// Offset of `rx_cons` (written by the guest).
+    pub const RX_CONS: u64 = 4;
+    /// Offset of `tx_prod` (written by the guest).
+    pub const TX_PROD: u64 = 8;
+    /// Offset of `tx_cons` (written by the VMM).
+    pub const TX_CONS: u64 = 12;
+    /// Receive ring.
+    pub const RX_RING: u64 = DEV_REGION + 0x1000;
+    /// Transmit ring.
+    pub const TX_RING: u64 = RX_RING + RX_SLOTS as u64 * SLOT_SIZE;
+    /// Receive slots (power of two).
+    pub const RX_SLOTS: u32 = 256;
+    /// Transmit slots (power of two).
+    pub const TX_SLOTS: u32 = 256;
+    /// Bytes per slot.
+    pub const SLOT_SIZE: u64 = 2048;
+    /// Offset of the data in a slot.
+    pub const SLOT_DATA: u64 = 32;
+    /// Largest datagram a slot holds.
+    pub const MAX_PACKET: usize = (SLOT_SIZE - SLOT_DATA) as usize;
+    /// Offset of the peer address in a slot.
+    pub const SLOT_PEER: u64 = 8;
+    /// Bytes of an encoded peer address.
+    pub const PEER_LEN: usize = 24;
+    /// End of the NIC's part of the device region.
+    pub const END: u64 = TX_RING + TX_SLOTS as u64 * SLOT_SIZE;
+}
+
+/// The block device's layout in the device region, its ports, ops and
+/// request statuses (`docs/devices.md`): one definition for the VMM's device
+/// and the guest driver.
+pub mod block {
+    use crate::DEV_REGION;
+
+    /// Doorbell: handles every pending request.
+    pub const PORT_DOORBELL: u16 = 0x48;
+    /// INFO: GPA of a 16-byte info buffer the VMM fills.
+    pub const PORT_INFO: u16 = 0x49;
+    /// Control block: `req_prod` (guest), `req_cons` (VMM).
+    pub const CTRL: u64 = DEV_REGION + 0x80_0000;
+    /// Offset of `req_prod`.
+    pub const REQ_PROD: u64 = 0;
+    /// Offset of `req_cons`.
+    pub const REQ_CONS: u64 = 4;
+    /// Request ring.
+    pub const RING: u64 = CTRL + 0x1000;
+    /// Requests in the ring (power of two).
+    pub const SLOTS: u32 = 64;
+    /// Bytes per request descriptor.
+    pub const DESC_SIZE: u64 = 32;
+    /// Sector size.
+    pub const SECTOR: u64 = 512;
+    /// Largest request in bytes.
+    pub const MAX_REQUEST: u32 = 64 * 1024;
+    /// Op: read.
+    pub const OP_READ: u32 = 1;
+    /// Op: write.
+    pub const OP_WRITE: u32 = 2;
+
+    /// Request status values (written by the VMM).
+    pub mod status {
+        /// Not handled yet.
+        pub const PENDING: u32 = 0;
+        /// Done.
+        pub const OK: u32 = 1;
+        /// Beyond the capacity.
+        pub const OUT_OF_RANGE: u32 = 2;
+        /// Unknown op, misaligned or oversized length, nonzero reserved.
+        pub const BAD_REQUEST: u32 = 3;
+        /// The host read failed.
+        pub const IO_ERROR: u32 = 4;
+        /// INFO was not called yet (capacity unknown).
+        pub const NOT_READY: u32 = 5;
+    }
+}

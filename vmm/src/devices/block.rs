@@ -63,51 +63,9 @@ const LOCAL_READ_LEN: usize = 24;
 /// The form word of a local-disk `DiskRead` entry.
 const FORM_LOCAL: u32 = 1;
 
-/// Guest-visible constants of the block device.
-pub mod abi {
-    use crate::layout::DEV_REGION;
-
-    /// Doorbell: handles every pending request.
-    pub const PORT_DOORBELL: u16 = 0x48;
-    /// INFO: GPA of a 16-byte info buffer the VMM fills.
-    pub const PORT_INFO: u16 = 0x49;
-    /// Control block: `req_prod` (guest), `req_cons` (VMM).
-    pub const CTRL: u64 = DEV_REGION + 0x80_0000;
-    /// Offset of `req_prod`.
-    pub const REQ_PROD: u64 = 0;
-    /// Offset of `req_cons`.
-    pub const REQ_CONS: u64 = 4;
-    /// Request ring.
-    pub const RING: u64 = CTRL + 0x1000;
-    /// Requests in the ring (power of two).
-    pub const SLOTS: u32 = 64;
-    /// Bytes per request descriptor.
-    pub const DESC_SIZE: u64 = 32;
-    /// Sector size.
-    pub const SECTOR: u64 = 512;
-    /// Largest request in bytes.
-    pub const MAX_REQUEST: u32 = 64 * 1024;
-    /// Op: read.
-    pub const OP_READ: u32 = 1;
-    /// Op: write.
-    pub const OP_WRITE: u32 = 2;
-
-    /// Request status values (written by the VMM).
-    pub mod status {
-        /// Not handled yet.
-        pub const PENDING: u32 = 0;
-        /// Done.
-        pub const OK: u32 = 1;
-        /// Beyond the capacity.
-        pub const OUT_OF_RANGE: u32 = 2;
-        /// Unknown op, misaligned or oversized length, nonzero reserved.
-        pub const BAD_REQUEST: u32 = 3;
-        /// The host read failed.
-        pub const IO_ERROR: u32 = 4;
-        /// INFO was not called yet (capacity unknown).
-        pub const NOT_READY: u32 = 5;
-    }
-}
+/// Guest-visible constants of the block device (`ftvm_guest_abi::block`,
+/// shared with the guest driver `vmm/guests/net/src/block.rs`).
+pub use ftvm_guest_abi::block as abi;
 
 use abi::*;
 

@@ -49,44 +49,9 @@ use crate::device::{Device, DeviceError, ExitCtx};
 use crate::layout::DEV_REGION;
 use crate::memory::GuestMemory;
 
-/// Guest-visible constants of the NIC (mirrored by the guest driver
-/// `vmm/guests/kv/src/nic.rs`).
-pub mod abi {
-    use crate::layout::DEV_REGION;
-
-    /// Doorbell: any 32-bit `out`; sends pending tx slots, fills free rx slots.
-    pub const PORT_DOORBELL: u16 = 0x40;
-    /// The control block (four `u32` indices).
-    pub const CTRL: u64 = DEV_REGION;
-    /// Offset of `rx_prod` (written by the VMM).
-    pub const RX_PROD: u64 = 0;
-    /// Offset of `rx_cons` (written by the guest).
-    pub const RX_CONS: u64 = 4;
-    /// Offset of `tx_prod` (written by the guest).
-    pub const TX_PROD: u64 = 8;
-    /// Offset of `tx_cons` (written by the VMM).
-    pub const TX_CONS: u64 = 12;
-    /// Receive ring.
-    pub const RX_RING: u64 = DEV_REGION + 0x1000;
-    /// Transmit ring.
-    pub const TX_RING: u64 = RX_RING + RX_SLOTS as u64 * SLOT_SIZE;
-    /// Receive slots (power of two).
-    pub const RX_SLOTS: u32 = 256;
-    /// Transmit slots (power of two).
-    pub const TX_SLOTS: u32 = 256;
-    /// Bytes per slot.
-    pub const SLOT_SIZE: u64 = 2048;
-    /// Offset of the data in a slot.
-    pub const SLOT_DATA: u64 = 32;
-    /// Largest datagram a slot holds.
-    pub const MAX_PACKET: usize = (SLOT_SIZE - SLOT_DATA) as usize;
-    /// Offset of the peer address in a slot.
-    pub const SLOT_PEER: u64 = 8;
-    /// Bytes of an encoded peer address.
-    pub const PEER_LEN: usize = 24;
-    /// End of the NIC's part of the device region.
-    pub const END: u64 = TX_RING + TX_SLOTS as u64 * SLOT_SIZE;
-}
+/// Guest-visible constants of the NIC (`ftvm_guest_abi::nic`, shared with
+/// the guest driver `vmm/guests/net`).
+pub use ftvm_guest_abi::nic as abi;
 
 use abi::*;
 

@@ -4,38 +4,15 @@
 
 use core::ptr;
 
-/// Doorbell port: handles every pending request.
-pub const PORT_DOORBELL: u16 = 0x48;
-/// INFO port: GPA of a 16-byte buffer the VMM fills.
-pub const PORT_INFO: u16 = 0x49;
-/// Control block: `req_prod` (guest), `req_cons` (VMM).
-pub const CTRL: u64 = ftvm_rt::abi::DEV_REGION + 0x80_0000;
-/// Request ring.
-pub const RING: u64 = CTRL + 0x1000;
-/// Requests in the ring.
-pub const SLOTS: u32 = 64;
-/// Bytes per request descriptor.
-pub const DESC_SIZE: u64 = 32;
-/// Sector size.
-pub const SECTOR: usize = 512;
-/// Largest request in bytes.
-pub const MAX_REQUEST: usize = 64 * 1024;
+// The layout, ports, ops and statuses: one definition with the VMM's device.
+pub use ftvm_rt::abi::block::{
+    CTRL, DESC_SIZE, OP_READ, OP_WRITE, PORT_DOORBELL, PORT_INFO, REQ_PROD, RING, SLOTS, status,
+};
 
-/// Request status values (written by the VMM).
-pub mod status {
-    /// Not handled.
-    pub const PENDING: u32 = 0;
-    /// Done.
-    pub const OK: u32 = 1;
-    /// Beyond the capacity.
-    pub const OUT_OF_RANGE: u32 = 2;
-    /// Malformed request.
-    pub const BAD_REQUEST: u32 = 3;
-    /// The host read failed.
-    pub const IO_ERROR: u32 = 4;
-    /// INFO not called yet.
-    pub const NOT_READY: u32 = 5;
-}
+/// Sector size, as a buffer length (`ftvm_guest_abi::block::SECTOR`).
+pub const SECTOR: usize = ftvm_rt::abi::block::SECTOR as usize;
+/// Largest request in bytes, as a buffer length (`ftvm_guest_abi::block::MAX_REQUEST`).
+pub const MAX_REQUEST: usize = ftvm_rt::abi::block::MAX_REQUEST as usize;
 
 /// What INFO reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,7 +102,7 @@ impl Disk {
     /// Takes over the ring in its current state.
     pub fn new() -> Disk {
         Disk {
-            prod: read_u32(CTRL),
+            prod: read_u32(CTRL + REQ_PROD),
         }
     }
 
@@ -143,9 +120,11 @@ impl Disk {
             let desc = RING + u64::from(self.prod % SLOTS) * DESC_SIZE;
             let (op, sector, addr, len) = match r {
                 Request::Read { sector, buf, .. } => {
-                    (1, *sector, buf.as_mut_ptr() as u64, buf.len())
+                    (OP_READ, *sector, buf.as_mut_ptr() as u64, buf.len())
                 }
-                Request::Write { sector, buf, .. } => (2, *sector, buf.as_ptr() as u64, buf.len()),
+                Request::Write { sector, buf, .. } => {
+                    (OP_WRITE, *sector, buf.as_ptr() as u64, buf.len())
+                }
             };
             write_u32(desc, op);
             write_u32(desc + 4, status::PENDING);
@@ -155,7 +134,7 @@ impl Disk {
             write_u32(desc + 28, 0);
             self.prod = self.prod.wrapping_add(1);
         }
-        write_u32(CTRL, self.prod);
+        write_u32(CTRL + REQ_PROD, self.prod);
         ftvm_rt::io::outl(PORT_DOORBELL, 1);
         for (i, r) in reqs.iter_mut().enumerate() {
             let desc = RING + u64::from(first.wrapping_add(i as u32) % SLOTS) * DESC_SIZE;

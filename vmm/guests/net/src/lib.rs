@@ -20,36 +20,17 @@ pub mod block;
 
 use core::ptr;
 
-/// Doorbell port.
-pub const PORT_DOORBELL: u16 = 0x40;
-/// Control block: `rx_prod, rx_cons, tx_prod, tx_cons` (u32 each).
-pub const CTRL: u64 = ftvm_rt::abi::DEV_REGION;
-/// Receive ring.
-pub const RX_RING: u64 = CTRL + 0x1000;
-/// Receive slots.
-pub const RX_SLOTS: u32 = 256;
-/// Bytes per slot.
-pub const SLOT_SIZE: u64 = 2048;
-/// Transmit ring.
-pub const TX_RING: u64 = RX_RING + RX_SLOTS as u64 * SLOT_SIZE;
-/// Transmit slots.
-pub const TX_SLOTS: u32 = 256;
-/// Offset of the peer address in a slot.
-pub const SLOT_PEER: u64 = 8;
-/// Offset of the data in a slot.
-pub const SLOT_DATA: u64 = 32;
-/// Largest datagram of a slot.
-pub const MAX_PACKET: usize = (SLOT_SIZE - SLOT_DATA) as usize;
-
-const RX_PROD: u64 = 0;
-const RX_CONS: u64 = 4;
-const TX_PROD: u64 = 8;
-const TX_CONS: u64 = 12;
+// The layout and the port: one definition with the VMM's device.
+pub use ftvm_rt::abi::nic::{
+    CTRL, MAX_PACKET, PEER_LEN, PORT_DOORBELL, RX_RING, RX_SLOTS, SLOT_DATA, SLOT_PEER, SLOT_SIZE,
+    TX_RING, TX_SLOTS,
+};
+use ftvm_rt::abi::nic::{RX_CONS, RX_PROD, TX_CONS, TX_PROD};
 
 /// A peer address as the VMM encodes it (opaque to the guest: a reply
 /// carries the request's peer back).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Peer(pub [u8; 24]);
+pub struct Peer(pub [u8; PEER_LEN]);
 
 fn read_u32(gpa: u64) -> u32 {
     // SAFETY: `gpa` is one of the 4-aligned control words in the device
@@ -121,7 +102,7 @@ impl Nic {
         }
         let slot = RX_RING + u64::from(self.rx_cons % RX_SLOTS) * SLOT_SIZE;
         let len = (read_u32(slot) as usize).min(MAX_PACKET);
-        let mut peer = [0u8; 24];
+        let mut peer = [0u8; PEER_LEN];
         copy_from(slot + SLOT_PEER, &mut peer);
         let n = len.min(buf.len());
         copy_from(slot + SLOT_DATA, &mut buf[..n]);
