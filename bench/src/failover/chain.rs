@@ -142,7 +142,8 @@ impl Launcher {
         listen: &str,
         service: &str,
     ) -> Result<Proc> {
-        let status = free_addr(false)?;
+        // Port 0: `Proc::spawn` learns the bound address.
+        let status = "127.0.0.1:0".to_string();
         let mut a = self.pre.clone();
         a.extend(strings(&[
             "backup",
@@ -190,7 +191,8 @@ impl Launcher {
         spares: &[&str],
         find: bool,
     ) -> Result<Proc> {
-        let status = free_addr(false)?;
+        // Port 0: `Proc::spawn` learns the bound address.
+        let status = "127.0.0.1:0".to_string();
         let mut a = self.pre.clone();
         a.extend(strings(&[
             "primary",

@@ -220,10 +220,8 @@ impl Trial<'_> {
             "shm" => format!("failover-{}-{}", std::process::id(), free_port(false)?),
             _ => format!("127.0.0.1:{}", free_port(false)?),
         };
-        let (bs, ps) = (
-            format!("127.0.0.1:{}", free_port(false)?),
-            format!("127.0.0.1:{}", free_port(false)?),
-        );
+        // Status on port 0: `Proc::spawn` learns the bound address.
+        let (bs, ps) = ("127.0.0.1:0".to_string(), "127.0.0.1:0".to_string());
         let vm = format!("bench-{}", free_port(false)?);
         let mut b_args = self.common();
         b_args.extend(

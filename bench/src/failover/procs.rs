@@ -37,6 +37,9 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `ftvm ARGS`, stderr to `dir/<role>.err`, stdout to `dir/<role>.out`.
+    /// A `status` of port 0 (`127.0.0.1:0`, passed as `--status` in `args`)
+    /// is learnt from the process's `status on ADDR` line before this
+    /// returns: no free-port race with other processes.
     pub fn spawn(
         ftvm: &Path,
         role: &'static str,
@@ -51,13 +54,44 @@ impl Proc {
             .stderr(File::create(&stderr)?)
             .spawn()
             .with_context(|| format!("starting {} {role}", ftvm.display()))?;
-        Ok(Proc {
+        let mut p = Proc {
             role,
             child,
             stderr,
             status,
             exit: None,
-        })
+        };
+        if p.status.ends_with(":0") {
+            p.status = p.learn_status()?;
+        }
+        Ok(p)
+    }
+
+    /// The address in the process's `status on ADDR` line (human or JSON logs).
+    fn learn_status(&mut self) -> Result<String> {
+        let t = Instant::now();
+        loop {
+            let err = self.stderr();
+            if let Some(at) = err.find("status on ") {
+                let rest = &err[at + "status on ".len()..];
+                let end = rest
+                    .find(|c: char| c.is_whitespace() || c == '"')
+                    .unwrap_or(rest.len());
+                if end > 0 && rest[end..].starts_with(['\n', '"']) {
+                    return Ok(rest[..end].to_string());
+                }
+            }
+            if let Some(s) = self.exited() {
+                bail!(
+                    "the {} exited ({s}) before serving status: {err}",
+                    self.role
+                );
+            }
+            if t.elapsed() > Duration::from_secs(20) {
+                bail!("the {} did not serve status within 20 s: {err}", self.role);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Its stderr so far.

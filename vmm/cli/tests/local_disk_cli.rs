@@ -229,7 +229,7 @@ fn a_pair_that_disagrees_on_the_disk_mode_is_refused_naming_both() {
 
 /// A spare waiting with `--disk-mode local` and its own file.
 fn local_spare(dir: &Path, name: &'static str, arbiter: &str, listen: &str, disk: &str) -> Proc {
-    let status = addr(false);
+    let status = "127.0.0.1:0".to_string(); // learnt by Proc::spawn
     let a = args(&[
         "--set",
         "channel.peer_timeout_ms=300",
@@ -282,7 +282,7 @@ fn a_spare_receives_the_local_disk_and_goes_live_with_it() {
     let (bad_at, good_at) = (addr(false), addr(false));
     let mut bad = local_spare(d, "bad-spare", &arbiter, &bad_at, &small);
     let mut spare = local_spare(d, "spare", &arbiter, &good_at, &spare_disk);
-    let status = addr(false);
+    let status = "127.0.0.1:0".to_string(); // learnt by Proc::spawn
     let spares = format!("{bad_at},{good_at}");
     let a = args(&[
         "--set",
