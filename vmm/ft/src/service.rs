@@ -119,8 +119,12 @@ impl FloatingIp {
     }
 
     /// Tells the neighbours that the address lives here now: gratuitous
-    /// ARP, three times 200 ms apart (IPv6 neighbours learn it from the next
-    /// exchange). Returns once `arping` is started — the first announcement
+    /// ARP, five times 400 ms apart, over 1.6 s (IPv6 neighbours learn it
+    /// from the next exchange). The spread matters: Linux ignores an ARP
+    /// update of a neighbour entry within `locktime` (1 s) of its last one,
+    /// so announcements that all fall within a second of the client's last
+    /// exchange with the dead side can all be ignored, and the client then
+    /// keeps sending to the dead MAC until its entry goes stale (tens of s). Returns once `arping` is started — the first announcement
     /// leaves at once, and the service is not held back while the rest go
     /// out; a thread reaps it and says if it failed.
     pub fn announce(&self) -> Result<(), ServiceError> {
@@ -130,7 +134,7 @@ impl FloatingIp {
         let ip = self.ip.to_string();
         let what = "announcing the floating service address (gratuitous ARP)";
         let args = [
-            "-U", "-c", "3", "-i", "0.2", "-w", "2", "-I", &self.dev, &ip,
+            "-U", "-c", "5", "-i", "0.4", "-w", "3", "-I", &self.dev, &ip,
         ];
         let command = format!("arping {}", args.join(" "));
         let child = Command::new("arping")
