@@ -127,34 +127,43 @@ impl<'a> Iterator for LogReader<'a> {
             return None;
         }
         let offset = self.pos as u64;
-        let item = match decode(&self.data[self.pos..]) {
-            Ok((frame, len)) => {
-                let seq = frame.header.seq;
-                match self.next_seq {
-                    Some(expected) if !frame.header.kind.is_control() && seq != expected => {
-                        Err(LogFileError::SeqGap {
-                            offset,
-                            expected,
-                            found: seq,
-                        })
-                    }
-                    _ => {
-                        if !frame.header.kind.is_control() {
-                            // Wrapping: after seq u64::MAX nothing is contiguous, and
-                            // no entry has seq 0 (`decode` refuses it), so any next
-                            // entry is a gap. (`seq + 1` panicked here: fuzz log_file.)
-                            self.next_seq = Some(seq.wrapping_add(1));
-                        }
-                        self.pos += len;
-                        Ok((offset, frame))
-                    }
-                }
-            }
-            Err(e) => Err(LogFileError::Frame(e.at_offset(offset))),
-        };
+        let item = admit(&mut self.next_seq, offset, decode(&self.data[self.pos..])).map(
+            |(frame, len)| {
+                self.pos += len;
+                (offset, frame)
+            },
+        );
         self.failed = item.is_err();
         Some(item)
     }
+}
+
+/// What both readers check of the frame decoded at `offset`: it decoded,
+/// and entry seqs are contiguous (`next_seq` is the one expected next).
+fn admit<'a>(
+    next_seq: &mut Option<u64>,
+    offset: u64,
+    decoded: Result<(Frame<'a>, usize), DecodeError>,
+) -> Result<(Frame<'a>, usize), LogFileError> {
+    let (frame, len) = decoded.map_err(|e| LogFileError::Frame(e.at_offset(offset)))?;
+    if frame.header.kind.is_control() {
+        return Ok((frame, len));
+    }
+    let seq = frame.header.seq;
+    if let Some(expected) = *next_seq
+        && seq != expected
+    {
+        return Err(LogFileError::SeqGap {
+            offset,
+            expected,
+            found: seq,
+        });
+    }
+    // Wrapping: after seq u64::MAX nothing is contiguous, and no entry has
+    // seq 0 (`decode` refuses it), so any next entry is a gap. (`seq + 1`
+    // panicked here: fuzz target log_file.)
+    *next_seq = Some(seq.wrapping_add(1));
+    Ok((frame, len))
 }
 
 /// Reads the frames of a log file from a byte stream (a file of any size,
@@ -206,28 +215,10 @@ impl<R: std::io::Read> LogStream<R> {
                 return Some(Err(e));
             }
         }
-        let item = match decode(&self.buf) {
-            Ok((frame, len)) => {
-                let seq = frame.header.seq;
-                match self.next_seq {
-                    Some(expected) if !frame.header.kind.is_control() && seq != expected => {
-                        Err(LogFileError::SeqGap {
-                            offset,
-                            expected,
-                            found: seq,
-                        })
-                    }
-                    _ => {
-                        if !frame.header.kind.is_control() {
-                            self.next_seq = Some(seq.wrapping_add(1));
-                        }
-                        self.offset += len as u64;
-                        Ok((offset, frame))
-                    }
-                }
-            }
-            Err(e) => Err(LogFileError::Frame(e.at_offset(offset))),
-        };
+        let item = admit(&mut self.next_seq, offset, decode(&self.buf)).map(|(frame, len)| {
+            self.offset += len as u64;
+            (offset, frame)
+        });
         self.failed = item.is_err();
         Some(item)
     }
