@@ -142,6 +142,18 @@ impl Launcher {
         listen: &str,
         service: &str,
     ) -> Result<Proc> {
+        self.spare_with(role, vm, listen, service, &[])
+    }
+
+    /// [`Launcher::spare`] with `extra` arguments (`--metrics ADDR`, …).
+    pub fn spare_with(
+        &self,
+        role: &'static str,
+        vm: Option<&str>,
+        listen: &str,
+        service: &str,
+        extra: &[&str],
+    ) -> Result<Proc> {
         // Port 0: `Proc::spawn` learns the bound address.
         let status = "127.0.0.1:0".to_string();
         let mut a = self.pre.clone();
@@ -165,6 +177,7 @@ impl Launcher {
         if let Some(vm) = vm {
             a.extend(strings(&["--vm", vm]));
         }
+        a.extend(strings(extra));
         let mut p = Proc::spawn(&self.ftvm, role, &a, &self.dir, status)?;
         p.wait_status(LIMIT, "waiting", |v| v["phase"] == "waiting")?;
         // Its status answers before its VM is built and its key registered.

@@ -5,12 +5,13 @@
 //! tolerant: a SIGKILL of the primary under load loses no acknowledged
 //! write and applies none twice.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ftvm_bench::failover::{Proc, free_port};
+use ftvm_bench::failover::chain::Launcher;
+use ftvm_bench::failover::free_port;
 use ftvm_kvproto::load::{LoadConfig, OpMix, run_load};
 use ftvm_vmm::kvm_or_skip;
 use nix::sys::signal::Signal;
@@ -25,45 +26,6 @@ fn addr(udp: bool) -> String {
 
 fn args(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
-}
-
-/// The spare: waits on `listen`, registered at `arbiter` as a spare of `vm`.
-fn spare(dir: &Path, arbiter: &str, vm: &str, listen: &str, service: &str, metrics: &str) -> Proc {
-    let status = "127.0.0.1:0".to_string(); // learnt by Proc::spawn
-    let a = args(&[
-        "--set",
-        "channel.peer_timeout_ms=300",
-        // Structured logs: checked at the end.
-        "--log-format",
-        "json",
-        "backup",
-        "--as-spare",
-        "--guest",
-        "kv",
-        "--listen",
-        listen,
-        "--service",
-        service,
-        "--status",
-        &status,
-        "--arbiter",
-        arbiter,
-        "--vm",
-        vm,
-        "--wait-secs",
-        "30",
-        // Once live, look for the next spare (none comes: it runs
-        // unprotected and says so in its metrics).
-        "--find-spares",
-        "--metrics",
-        metrics,
-    ]);
-    let mut p = Proc::spawn(&ftvm(), "backup", &a, dir, status).unwrap();
-    p.wait_status(Duration::from_secs(10), "waiting", |v| {
-        v["phase"] == "waiting"
-    })
-    .unwrap();
-    p
 }
 
 /// `GET /metrics` of the endpoint at `addr`, the body.
@@ -86,38 +48,31 @@ fn an_unprotected_primary_takes_a_spare_and_then_survives_its_own_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let arbiter = format!("file:{}", dir.path().join("arbiter").display());
     let (service_a, service_b) = (addr(true), addr(true));
+    let at = Launcher {
+        ftvm: ftvm(),
+        dir: dir.path().to_path_buf(),
+        pre: args(&["--set", "channel.peer_timeout_ms=300"]),
+        arbiter: arbiter.clone(),
+    };
     let metrics = addr(false);
-    let mut backup = spare(
-        dir.path(),
-        &arbiter,
-        "kv-rejoin",
-        &addr(false),
-        &service_b,
-        &metrics,
-    );
+    // Structured logs (checked at the end) and metrics on the spare; once
+    // live it looks for the next spare (none comes: it runs unprotected
+    // and says so in its metrics).
+    let mut backup = at
+        .spare_with(
+            "backup",
+            Some("kv-rejoin"),
+            &addr(false),
+            &service_b,
+            &["--log-format", "json", "--metrics", &metrics],
+        )
+        .unwrap();
     // A dead spare first (nothing listens there): skipped, with why; the
     // live one is found at the arbiter (--find-spares).
     let dead = addr(false);
-    let status = "127.0.0.1:0".to_string(); // learnt by Proc::spawn
-    let a = args(&[
-        "--set",
-        "channel.peer_timeout_ms=300",
-        "primary",
-        "--guest",
-        "kv",
-        "--service",
-        &service_a,
-        "--spare",
-        &dead,
-        "--find-spares",
-        "--status",
-        &status,
-        "--arbiter",
-        &arbiter,
-        "--vm",
-        "kv-rejoin",
-    ]);
-    let mut primary = Proc::spawn(&ftvm(), "primary", &a, dir.path(), status).unwrap();
+    let mut primary = at
+        .unprotected_primary("primary", "kv-rejoin", &service_a, &[&dead], true)
+        .unwrap();
     // Writes while unprotected, during the transfer and after the join.
     let stop = Arc::new(AtomicBool::new(false));
     let mut cfg = LoadConfig::new(service_a.parse().unwrap());
