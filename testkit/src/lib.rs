@@ -23,6 +23,8 @@ pub mod etcd;
 
 pub mod netns;
 
+pub mod openmetrics;
+
 pub mod proxy;
 
 use std::path::PathBuf;

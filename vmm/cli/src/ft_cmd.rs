@@ -275,12 +275,10 @@ pub fn run_primary(
         end.gate_counters.clone(),
         end.sink_stats.clone(),
     );
-    let _ = view.set(ftvm_ft::status::PrimaryView::of(
-        &end,
-        s.channel.lag_limit_us,
-    ));
+    let primary_view = ftvm_ft::status::PrimaryView::of(&end, s.channel.lag_limit_us);
+    let _ = view.set(primary_view.clone());
     if let Some(m) = metrics {
-        let view = ftvm_ft::metrics::PrimaryMetrics::new(&vm, &end);
+        let view = ftvm_ft::metrics::PrimaryMetrics::new(&vm, primary_view);
         let local = m.serve(Arc::new(move || view.encode()))?;
         notice("primary", &format!("metrics on http://{local}/metrics"));
     }

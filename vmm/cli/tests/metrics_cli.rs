@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ftvm_bench::failover::{Proc, free_port};
+use ftvm_testkit::openmetrics::{Sample, parse, value};
 use ftvm_vmm::kvm_or_skip;
 use nix::sys::signal::Signal;
 
@@ -87,52 +88,6 @@ fn documented() -> BTreeMap<String, Documented> {
     out
 }
 
-/// A sample: name, labels, value.
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// Parses the text format strictly: comments are `# HELP|TYPE|UNIT`,
-/// `# EOF` ends it, every other line is `name{labels} value`.
-fn parse(text: &str) -> Vec<Sample> {
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.last(), Some(&"# EOF"), "{text}");
-    let mut out = Vec::new();
-    for line in &lines[..lines.len() - 1] {
-        if let Some(c) = line.strip_prefix("# ") {
-            let kind = c.split(' ').next().unwrap();
-            assert!(matches!(kind, "HELP" | "TYPE" | "UNIT"), "{line}");
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').expect(line);
-        let (name, labels) = match series.split_once('{') {
-            Some((n, l)) => (n, l.strip_suffix('}').expect(line)),
-            None => (series, ""),
-        };
-        let labels = labels
-            .split(',')
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                let (k, v) = l.split_once('=').expect(line);
-                (k.to_string(), v.trim_matches('"').to_string())
-            })
-            .collect();
-        let value = match value {
-            "+Inf" => f64::INFINITY,
-            v => v.parse().expect(line),
-        };
-        out.push(Sample {
-            name: name.to_string(),
-            labels,
-            value,
-        });
-    }
-    out
-}
-
 /// `curl -s http://ADDR/metrics`, parsed.
 fn scrape(addr: &str) -> Vec<Sample> {
     let out = Command::new("curl")
@@ -141,17 +96,6 @@ fn scrape(addr: &str) -> Vec<Sample> {
         .unwrap();
     assert!(out.status.success(), "curl {addr}: {out:?}");
     parse(&String::from_utf8(out.stdout).unwrap())
-}
-
-/// The one sample named `name` (with `label`, if given).
-fn value(samples: &[Sample], name: &str, label: Option<(&str, &str)>) -> f64 {
-    let found: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| s.name == name)
-        .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k).is_some_and(|x| x == v)))
-        .collect();
-    assert_eq!(found.len(), 1, "{name} {label:?}: {found:?}");
-    found[0].value
 }
 
 /// Every metric documented for `role` is in `samples`, every sample is

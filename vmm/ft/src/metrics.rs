@@ -25,11 +25,8 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::driver::DriverShared;
-use crate::gate::GateCounters;
 use crate::golive::{BackupPhase, BackupStatus};
-use crate::pair::PrimaryEnd;
-use crate::sink::SinkStats;
+use crate::status::PrimaryView;
 
 /// Upper bounds of the output-rule latency buckets (µs); one more bucket
 /// takes everything above the last.
@@ -206,34 +203,16 @@ const PROTECTION_STATES: [&str; 6] = [
 #[derive(Debug, Clone)]
 pub struct PrimaryMetrics {
     vm: String,
-    shared: Arc<DriverShared>,
-    gate: Arc<GateCounters>,
-    sink: Arc<SinkStats>,
+    /// The same counters `ftvm status` reads.
+    view: PrimaryView,
 }
 
 impl PrimaryMetrics {
-    /// The counters of `end`, the primary of VM `vm`.
-    pub fn new(vm: &str, end: &PrimaryEnd) -> PrimaryMetrics {
-        PrimaryMetrics::from_parts(
-            vm,
-            end.shared.clone(),
-            end.gate_counters.clone(),
-            end.sink_stats.clone(),
-        )
-    }
-
-    /// The counters of a primary, given one by one.
-    pub fn from_parts(
-        vm: &str,
-        shared: Arc<DriverShared>,
-        gate: Arc<GateCounters>,
-        sink: Arc<SinkStats>,
-    ) -> PrimaryMetrics {
+    /// The counters of `view`, the primary of VM `vm`.
+    pub fn new(vm: &str, view: PrimaryView) -> PrimaryMetrics {
         PrimaryMetrics {
             vm: vm.to_string(),
-            shared,
-            gate,
-            sink,
+            view,
         }
     }
 
@@ -248,7 +227,7 @@ impl PrimaryMetrics {
     fn register(&self, r: &mut Registry) {
         // Relaxed: reporting counters.
         let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let (sh, g, st) = (&self.shared, &self.gate, &self.sink);
+        let (sh, g, st) = (&self.view.shared, &self.view.gate, &self.view.sink);
         counter(
             r,
             "log_entries",
@@ -490,12 +469,7 @@ pub fn encode_backup(status: &BackupStatus) -> String {
     // Live and recording for its next backup (--spare, --find-spares): the
     // primary's metrics too, as `ftvm_live_*`.
     if let Some(live) = status.live() {
-        let m = PrimaryMetrics::from_parts(
-            &status.vm(),
-            live.shared.clone(),
-            live.gate.clone(),
-            live.sink.clone(),
-        );
+        let m = PrimaryMetrics::new(&status.vm(), live.clone());
         m.register(r.sub_registry_with_prefix("live"));
     }
     finish(&r)

@@ -1,64 +1,9 @@
-use std::collections::HashMap;
+use ftvm_testkit::openmetrics::{parse, value};
 use std::io::{Read, Write};
 
 use super::*;
 use crate::driver::Protection;
-
-/// A sample as the text format writes it: name, labels, value.
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: HashMap<String, String>,
-    value: f64,
-}
-
-/// A strict enough reader of the text format: every line is a comment
-/// (`# HELP`, `# TYPE`, `# UNIT`, `# EOF` last) or `name{labels} value`.
-fn parse(text: &str) -> Vec<Sample> {
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.last(), Some(&"# EOF"), "{text}");
-    let mut out = Vec::new();
-    for line in &lines[..lines.len() - 1] {
-        if let Some(c) = line.strip_prefix("# ") {
-            let kind = c.split(' ').next().unwrap();
-            assert!(matches!(kind, "HELP" | "TYPE" | "UNIT"), "{line}");
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').expect(line);
-        let (name, labels) = match series.split_once('{') {
-            Some((n, l)) => (n, l.strip_suffix('}').expect(line)),
-            None => (series, ""),
-        };
-        let labels = labels
-            .split(',')
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                let (k, v) = l.split_once('=').expect(line);
-                (k.to_string(), v.trim_matches('"').to_string())
-            })
-            .collect();
-        let value = match value {
-            "+Inf" => f64::INFINITY,
-            v => v.parse().expect(line),
-        };
-        out.push(Sample {
-            name: name.to_string(),
-            labels,
-            value,
-        });
-    }
-    out
-}
-
-fn value(samples: &[Sample], name: &str, label: Option<(&str, &str)>) -> f64 {
-    let found: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| s.name == name)
-        .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k).map(String::as_str) == Some(v)))
-        .collect();
-    assert_eq!(found.len(), 1, "{name} {label:?}: {found:?}");
-    found[0].value
-}
+use crate::{DriverShared, GateCounters, SinkStats};
 
 #[test]
 fn histogram_buckets_follow_le_semantics() {
@@ -90,7 +35,13 @@ fn primary_metrics_encode_as_documented() {
     for us in [20, 40, 300] {
         gate.release_latency.observe(Duration::from_micros(us));
     }
-    let text = PrimaryMetrics::from_parts("kv-1", shared, gate, sink).encode();
+    let view = crate::status::PrimaryView {
+        shared,
+        gate,
+        sink,
+        lag_limit_us: 0,
+    };
+    let text = PrimaryMetrics::new("kv-1", view).encode();
     let samples = parse(&text);
     for s in &samples {
         assert_eq!(s.labels["role"], "primary", "{s:?}");
