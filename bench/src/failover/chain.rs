@@ -311,6 +311,30 @@ pub fn wait_joined(
     })
 }
 
+/// The chain's load: `clients` closed-loop clients appending unique tokens
+/// over every service address (tried in order on a 100 ms timeout) until
+/// `stop`, then reading every key back.
+pub fn append_load(
+    services: &[String],
+    clients: u32,
+    stop: &Arc<AtomicBool>,
+) -> Result<LoadConfig> {
+    let (first, rest) = services.split_first().context("no service address")?;
+    let mut cfg = LoadConfig::new(first.parse()?);
+    for s in rest {
+        cfg.fallbacks.push(s.parse()?);
+    }
+    cfg.clients = clients;
+    cfg.ops = u64::MAX / 4;
+    cfg.timeout = Duration::from_millis(100);
+    cfg.max_attempts = 600;
+    cfg.spin = false;
+    cfg.mix = OpMix::AppendOnly;
+    cfg.final_check = true;
+    cfg.stop = Some(stop.clone());
+    Ok(cfg)
+}
+
 /// Runs the chain (module doc).
 pub fn run_chain(opts: &ChainOptions) -> Result<ChainReport> {
     ensure!(
@@ -336,18 +360,7 @@ pub fn run_chain(opts: &ChainOptions) -> Result<ChainReport> {
     let mut live = at.unprotected_primary("primary", &vm, &services[0], &[], true)?;
     let mut joins = vec![wait_joined(&mut live, &mut waiting[0], 1, start)?];
     let stop = Arc::new(AtomicBool::new(false));
-    let mut cfg = LoadConfig::new(services[0].parse()?);
-    for s in &services[1..] {
-        cfg.fallbacks.push(s.parse()?);
-    }
-    cfg.clients = opts.clients;
-    cfg.ops = u64::MAX / 4;
-    cfg.timeout = Duration::from_millis(100);
-    cfg.max_attempts = 600;
-    cfg.spin = false;
-    cfg.mix = OpMix::AppendOnly;
-    cfg.final_check = true;
-    cfg.stop = Some(stop.clone());
+    let cfg = append_load(&services, opts.clients, &stop)?;
     let load = std::thread::spawn(move || run_load(&cfg));
     let acked = |v: &serde_json::Value| live_field(v, "last_seq_acked").as_u64().unwrap_or(0);
     for cycle in 1..=opts.cycles {

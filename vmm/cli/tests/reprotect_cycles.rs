@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ftvm_bench::failover::{Proc, chain, free_port};
-use ftvm_kvproto::load::{LoadConfig, LoadReport, OpMix, run_load};
+use ftvm_kvproto::load::{LoadReport, run_load};
 use ftvm_vmm::kvm_or_skip;
 use nix::sys::signal::Signal;
 
@@ -53,16 +53,7 @@ fn launcher(dir: &Path, arbiter: &str) -> chain::Launcher {
 
 /// An APPEND-only load over every service address, checked at the end.
 fn load(services: &[String], stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<LoadReport> {
-    let mut cfg = LoadConfig::new(services[0].parse().unwrap());
-    cfg.fallbacks = services[1..].iter().map(|s| s.parse().unwrap()).collect();
-    cfg.clients = 4;
-    cfg.ops = u64::MAX / 4;
-    cfg.timeout = Duration::from_millis(100);
-    cfg.max_attempts = 600;
-    cfg.spin = false;
-    cfg.mix = OpMix::AppendOnly;
-    cfg.final_check = true;
-    cfg.stop = Some(stop.clone());
+    let cfg = chain::append_load(services, 4, stop).unwrap();
     std::thread::spawn(move || run_load(&cfg).unwrap())
 }
 
