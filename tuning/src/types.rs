@@ -70,6 +70,18 @@ impl TransportKind {
     }
 }
 
+impl std::str::FromStr for TransportKind {
+    type Err = String;
+
+    /// A transport by its [`name`](TransportKind::name) (`--transport`).
+    fn from_str(name: &str) -> Result<TransportKind, String> {
+        TransportKind::ALL
+            .into_iter()
+            .find(|t| t.name() == name)
+            .ok_or_else(|| format!("{name:?} is not a transport: choose tcp, shm, uring or rdma"))
+    }
+}
+
 /// Which NIC carries `transport = "rdma"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -354,5 +366,22 @@ impl From<Settings> for SettingsRepr {
             channel: s.channel,
             vmm: s.vmm,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TransportKind;
+
+    #[test]
+    fn transport_from_its_name() {
+        for t in TransportKind::ALL {
+            assert_eq!(t.name().parse::<TransportKind>(), Ok(t));
+        }
+        let e = "udp".parse::<TransportKind>().unwrap_err();
+        assert_eq!(
+            e,
+            r#""udp" is not a transport: choose tcp, shm, uring or rdma"#
+        );
     }
 }
