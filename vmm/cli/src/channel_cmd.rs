@@ -24,7 +24,7 @@ pub enum ChannelCommand {
 pub struct SinkArgs {
     /// Transport: tcp, shm or uring (default: the settings' channel.transport).
     #[arg(long)]
-    pub transport: Option<String>,
+    pub transport: Option<TransportKind>,
     /// Address to listen on: host:port (tcp, uring) or a name (shm).
     #[arg(long)]
     pub listen: String,
@@ -40,7 +40,7 @@ pub struct SinkArgs {
 pub struct SourceArgs {
     /// Transport: tcp, shm or uring (default: the settings' channel.transport).
     #[arg(long)]
-    pub transport: Option<String>,
+    pub transport: Option<TransportKind>,
     /// Address of the sink.
     #[arg(long)]
     pub connect: String,
@@ -69,7 +69,7 @@ pub fn run(cmd: ChannelCommand, settings: &Settings) -> anyhow::Result<()> {
     }
     match cmd {
         ChannelCommand::Sink(a) => {
-            let s = with_transport(settings, a.transport.as_deref())?;
+            let s = crate::ft_cmd::with_transport(settings, a.transport);
             // Checked before listening (each connection re-creates it).
             if let Some(p) = &a.capture {
                 std::fs::File::create(p)
@@ -90,7 +90,7 @@ pub fn run(cmd: ChannelCommand, settings: &Settings) -> anyhow::Result<()> {
             )
         }
         ChannelCommand::Source(a) => {
-            let s = with_transport(settings, a.transport.as_deref())?;
+            let s = crate::ft_cmd::with_transport(settings, a.transport);
             let opts = SourceOpts {
                 entries: a.entries,
                 payload: a.payload,
@@ -103,16 +103,4 @@ pub fn run(cmd: ChannelCommand, settings: &Settings) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// Settings with `channel.transport` replaced by `--transport`, if given.
-pub fn with_transport(settings: &Settings, name: Option<&str>) -> anyhow::Result<Settings> {
-    let mut s = settings.clone();
-    if let Some(name) = name {
-        s.channel.transport = TransportKind::ALL
-            .into_iter()
-            .find(|t| t.name() == name)
-            .with_context(|| format!("--transport {name:?}: choose tcp, shm, uring or rdma"))?;
-    }
-    Ok(s)
 }

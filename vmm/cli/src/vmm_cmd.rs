@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
+use ftvm_ft::node::{PrimaryNode, Protect};
 use ftvm_tuning::Settings;
 use ftvm_vmm::{LogFileReader, LogFileWriter, RunMode, RunOutcome, StopReason, Vm, VmConfig};
 
@@ -49,7 +50,7 @@ pub struct PrimaryArgs {
     backup: Option<String>,
     /// Channel transport to the backup: tcp, shm or uring (default: channel.transport).
     #[arg(long, requires = "backup")]
-    transport: Option<String>,
+    transport: Option<ftvm_tuning::TransportKind>,
     /// Start unprotected and take a spare (`ftvm backup --spare --listen
     /// ADDR`) as the backup while running: live state transfer, then the
     /// pair is protected; again whenever the backup is lost.
@@ -100,7 +101,7 @@ pub fn run(cmd: VmmCommand, settings: &Settings) -> anyhow::Result<()> {
     }
 }
 
-fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+pub fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
@@ -116,18 +117,14 @@ fn primary(a: PrimaryArgs, settings: &Settings) -> anyhow::Result<()> {
     c.max_exits = a.max_exits;
     c.stop = stop_on_signals()?;
     let service = (a.service.as_deref())
-        .map(|addr| crate::ft_cmd::resolve_service("--service", addr))
+        .map(|addr| ftvm_ft::node::resolve("--service", addr))
         .transpose()?;
-    let floating = match (&a.pair.service_ip, &a.pair.service_dev) {
-        (Some(ip), Some(dev)) => {
-            let f = ftvm_ft::FloatingIp::parse(ip, dev)?;
-            // The primary is live from the start: the address is its now.
-            f.add()?;
-            f.announce()?;
-            Some(f)
-        }
-        _ => None,
-    };
+    let pair = a.pair.config()?;
+    if let Some(f) = &pair.floating {
+        // The primary is live from the start: the address is its now.
+        f.add()?;
+        f.announce()?;
+    }
     // Bind the service before anything else: a busy address fails here, and
     // requests that arrive while the pair forms wait in the socket's buffer
     // (a primary that says "protected" is also already reachable).
@@ -135,41 +132,34 @@ fn primary(a: PrimaryArgs, settings: &Settings) -> anyhow::Result<()> {
         c.devices
             .push(Box::new(ftvm_vmm::devices::net::Nic::new(addr)?));
     }
-    let protect = match (&a.backup, a.spare.is_empty() && !a.find_spares) {
-        (Some(addr), _) => Some(crate::ft_cmd::Protect::Backup {
-            addr: addr.clone(),
-            transport: a.transport.clone(),
-        }),
-        (None, false) => Some(crate::ft_cmd::Protect::Spares(
-            ftvm_ft::rejoin::SpareSources {
-                list: a.spare.clone(),
-                registered: a.find_spares,
-            },
-        )),
+    let protect = match (a.backup, a.spare.is_empty() && !a.find_spares) {
+        (Some(addr), _) => Some(Protect::Backup(addr)),
+        (None, false) => Some(Protect::Spares(ftvm_ft::rejoin::SpareSources {
+            list: a.spare,
+            registered: a.find_spares,
+        })),
         (None, true) => None,
     };
-    if protect.is_none() && a.status.is_some() {
-        anyhow::bail!("--status needs --backup, --spare or --find-spares (a pair to report on)");
+    if let (None, Some(flag)) = (
+        &protect,
+        (a.status.as_ref().map(|_| "--status")).or(a.metrics.as_ref().map(|_| "--metrics")),
+    ) {
+        anyhow::bail!("{flag} needs --backup, --spare or --find-spares (a pair to report on)");
     }
-    if protect.is_none() && a.metrics.is_some() {
-        anyhow::bail!("--metrics needs --backup, --spare or --find-spares (a pair to report on)");
-    }
-    // Bound now: a busy address fails before the pair forms.
-    let metrics = (a.metrics.as_deref())
-        .map(|addr| ftvm_ft::metrics::MetricsEndpoint::bind("--metrics", addr))
-        .transpose()?;
-    if let Some(protect) = &protect {
-        let outcome = crate::ft_cmd::run_primary(
-            c,
-            settings,
+    if let Some(protect) = protect {
+        let node = PrimaryNode {
+            settings: crate::ft_cmd::with_transport(settings, a.transport),
             protect,
-            a.status.as_deref(),
-            metrics,
-            a.record_log.as_deref(),
-            &a.pair,
-            floating.as_ref(),
+            status: a.status,
+            // Bound now: a busy address fails before the pair forms.
+            metrics: (a.metrics.as_deref())
+                .map(|addr| ftvm_ft::metrics::MetricsEndpoint::bind("--metrics", addr))
+                .transpose()?,
+            record_log: a.record_log,
+            pair,
             service,
-        )?;
+        };
+        let outcome = ftvm_ft::node::run_primary(c, node)?;
         report(&outcome);
         return finish(outcome);
     }

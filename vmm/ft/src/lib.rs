@@ -50,6 +50,7 @@ mod gate;
 pub mod golive;
 pub mod local;
 pub mod metrics;
+pub mod node;
 mod pair;
 pub mod rejoin;
 pub mod service;
