@@ -4,8 +4,6 @@
 use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
 
-mod bench_cmd;
-mod bench_transfer;
 mod channel_cmd;
 mod client_cmd;
 mod ft_cmd;
@@ -55,7 +53,7 @@ enum Command {
     Log(log_cmd::LogCommand),
     /// Benchmarks.
     #[command(subcommand)]
-    Bench(bench_cmd::BenchCommand),
+    Bench(ftvm_bench::cli::BenchCommand),
     /// RDMA tools: `ftvm rdma probe` lists devices, ports and GIDs.
     #[command(subcommand)]
     Rdma(rdma_cmd::RdmaCommand),
@@ -82,7 +80,7 @@ fn main() -> std::process::ExitCode {
             Command::Demo(a) => ftvm_bench::demo::run(a, &settings),
             Command::Channel(c) => channel_cmd::run(c, &settings),
             Command::Log(c) => log_cmd::run(c, &settings),
-            Command::Bench(c) => bench_cmd::run(c, &settings),
+            Command::Bench(c) => ftvm_bench::cli::run(c, &settings),
             Command::Rdma(c) => rdma_cmd::run(c, &settings),
             Command::Client(a) => client_cmd::run(a, &settings),
             Command::Backup(a) => ft_cmd::run_backup(a, &settings).map(|o| {

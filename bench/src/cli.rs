@@ -1,25 +1,29 @@
-//! `ftvm bench ...`: argument parsing only; the harness is `ftvm-bench`.
+//! The `ftvm bench` subcommand tree: [`BenchCommand`] is parsed by the
+//! binary (clap derive) and handed to [`run`]; every check of the arguments
+//! and the option structs they become live here, beside the harnesses.
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
-use ftvm_bench::{ChannelOptions, Role};
 use ftvm_tuning::Settings;
+
+use crate::transfer::{Stream, TransferOptions, list_transfer, run_transfer};
+use crate::{ChannelOptions, Role};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
     /// Channel benchmark: floors, output-rule, mixed, throughput, idle-cpu.
     Channel(ChannelArgs),
     /// VMM benchmark: live vs record mode with the kv guest.
-    Vmm(ftvm_bench::vmm::BenchVmmArgs),
+    Vmm(crate::vmm::BenchVmmArgs),
     /// End to end: kv, echo and dns guests, unprotected vs FT per transport.
-    E2e(ftvm_bench::e2e::BenchE2eArgs),
+    E2e(crate::e2e::BenchE2eArgs),
     /// Failover: faults (SIGKILL, SIGSTOP, partition) injected into a pair
     /// of ftvm processes under a self-checking load; lost / applied-twice /
     /// both-live counts and the gap, split into its parts.
     Failover(FailoverArgs),
     /// State transfer: live pre-copy of the kv guest, idle and under load.
-    Transfer(crate::bench_transfer::BenchTransferArgs),
+    Transfer(TransferArgs),
 }
 
 /// Which end of a two-host run this process is.
@@ -87,7 +91,7 @@ pub struct ChannelArgs {
 
 fn channel(a: ChannelArgs, settings: &Settings) -> anyhow::Result<()> {
     if a.list {
-        print!("{}", ftvm_bench::list());
+        print!("{}", crate::list());
         return Ok(());
     }
     let role = match (a.role, a.listen, a.connect) {
@@ -110,7 +114,7 @@ fn channel(a: ChannelArgs, settings: &Settings) -> anyhow::Result<()> {
         bail!("--entries 0: expected at least 1");
     }
     let opts = ChannelOptions {
-        transports: ftvm_bench::e2e::transports(a.transport.as_deref(), settings)?,
+        transports: crate::e2e::transports(a.transport.as_deref(), settings)?,
         filter: a.filter,
         entries: a.entries,
         duration: Duration::from_secs_f64(a.duration),
@@ -123,16 +127,16 @@ fn channel(a: ChannelArgs, settings: &Settings) -> anyhow::Result<()> {
         plot: a.plot,
         role,
     };
-    ftvm_bench::run_rounds(&opts, settings, a.rounds).map(drop)
+    crate::run_rounds(&opts, settings, a.rounds).map(drop)
 }
 
 pub fn run(cmd: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Channel(a) => channel(a, settings),
-        BenchCommand::Vmm(a) => ftvm_bench::vmm::run(a, settings),
-        BenchCommand::E2e(a) => ftvm_bench::e2e::run(a, settings),
+        BenchCommand::Vmm(a) => crate::vmm::run(a, settings),
+        BenchCommand::E2e(a) => crate::e2e::run(a, settings),
         BenchCommand::Failover(a) => failover(a, settings),
-        BenchCommand::Transfer(a) => crate::bench_transfer::run(a, settings),
+        BenchCommand::Transfer(a) => transfer(a, settings),
     }
 }
 
@@ -178,8 +182,8 @@ pub struct FailoverArgs {
     pub verbose: bool,
 }
 
-pub fn failover(a: FailoverArgs, settings: &Settings) -> anyhow::Result<()> {
-    use ftvm_bench::failover::{FailoverOptions, FaultKind};
+fn failover(a: FailoverArgs, settings: &Settings) -> anyhow::Result<()> {
+    use crate::failover::{FailoverOptions, FaultKind};
     let kinds: Vec<FaultKind> = if a.kinds.is_empty() {
         FaultKind::ALL.to_vec()
     } else {
@@ -223,10 +227,10 @@ pub fn failover(a: FailoverArgs, settings: &Settings) -> anyhow::Result<()> {
         profile: Some(profile),
         verbose: a.verbose,
     };
-    let report = ftvm_bench::failover::run(&opts)?;
+    let report = crate::failover::run(&opts)?;
     print!("{}", report.table());
     if let Some(path) = &a.report {
-        ftvm_bench::failover::write_json(&report, path)?;
+        crate::failover::write_json(&report, path)?;
         println!("report: {}", path.display());
     }
     if !report.clean() {
@@ -239,4 +243,67 @@ pub fn failover(a: FailoverArgs, settings: &Settings) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&opts.work_dir);
     }
     Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TransferArgs {
+    /// Print the scenario table and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Run only scenarios whose name contains SUBSTR (idle-64, kv-64, idle-512, kv-512).
+    #[arg(long, value_name = "SUBSTR")]
+    pub filter: Option<String>,
+    /// Transfers per scenario (medians over these).
+    #[arg(long, default_value_t = 5)]
+    pub runs: u32,
+    /// Byte stream: tcp (loopback) or pipe (in-process).
+    #[arg(long, default_value = "tcp", value_parser = ["tcp", "pipe"])]
+    pub stream: String,
+    /// kv ops per load burst (bursts run back to back during a scenario).
+    #[arg(long, default_value_t = 5_000)]
+    pub burst_ops: u64,
+    /// kv clients of the load.
+    #[arg(long, default_value_t = 8)]
+    pub clients: u32,
+    /// Pre-copy: dirty-page rounds after the full copy, at most.
+    #[arg(long, default_value_t = 16)]
+    pub max_rounds: u32,
+    /// Pre-copy: stop and copy once a round would send at most this many pages.
+    #[arg(long, default_value_t = 256)]
+    pub stop_pages: usize,
+    /// Nice value of the receiving thread (it stands for another host).
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
+    pub receiver_nice: i32,
+    /// Write the JSON report here.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+}
+
+fn transfer(a: TransferArgs, settings: &Settings) -> anyhow::Result<()> {
+    if a.list {
+        print!("{}", list_transfer());
+        return Ok(());
+    }
+    if a.runs == 0 || a.runs > 1000 {
+        bail!("--runs {}: expected 1..=1000", a.runs);
+    }
+    if a.clients == 0 {
+        bail!("--clients 0: expected at least 1");
+    }
+    let opts = TransferOptions {
+        filter: a.filter,
+        runs: a.runs,
+        stream: if a.stream == "pipe" {
+            Stream::Pipe
+        } else {
+            Stream::Tcp
+        },
+        burst_ops: a.burst_ops.max(100),
+        clients: a.clients,
+        max_rounds: a.max_rounds,
+        stop_pages: a.stop_pages,
+        receiver_nice: a.receiver_nice.clamp(-20, 19),
+        report: a.report,
+    };
+    run_transfer(&opts, settings).map(drop)
 }
