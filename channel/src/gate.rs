@@ -87,6 +87,11 @@ impl<T> AckGate<T> {
         self.acked
     }
 
+    /// Sequence number of the last output held (0 before the first).
+    pub fn last_held(&self) -> u64 {
+        self.last_held
+    }
+
     /// Outputs released so far.
     pub fn released(&self) -> u64 {
         self.released

@@ -235,8 +235,11 @@ fn a_kill_of_either_side_during_a_transfer_leaves_the_survivor_running_and_the_n
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let load = load(&services, &stop);
-    // 1. A1 dies mid-copy, before the join: the live side runs on
-    //    unprotected at its generation and tries the next spare.
+    // 1. A1 dies mid-copy: the live side runs on unprotected at its
+    //    generation and tries the next spare. A fresh guest's state is
+    //    small: its copy may fit in the socket buffers and count as sent,
+    //    and the join exit come, before A1 has it (`joining`: outputs from
+    //    the join on wait for A1); the cut is then after the join.
     ftvm_testkit::wait_until(LIMIT, "the transfer to A1 under way", || {
         relay1.forwarded.load(Ordering::Relaxed) > 32 * 1024
     });
@@ -248,7 +251,8 @@ fn a_kill_of_either_side_during_a_transfer_leaves_the_survivor_running_and_the_n
         live.stderr(),
         spare_a1.stderr()
     );
-    assert_eq!(v["protection"], "unprotected", "{v}");
+    let before_join = v["protection"] == "unprotected";
+    assert!(before_join || v["protection"] == "joining", "{v}");
     spare_a1.kill9().unwrap();
     let v = live
         .wait_status(LIMIT, "the cut transfer reported", |v| {
@@ -257,7 +261,8 @@ fn a_kill_of_either_side_during_a_transfer_leaves_the_survivor_running_and_the_n
         .unwrap();
     assert_eq!(v["generation"], 1, "{v}");
     println!(
-        "A1 killed before the join: {}",
+        "A1 killed {} the join: {}",
+        if before_join { "before" } else { "after" },
         v["transfer"]["last"]["error"]
     );
     // 2. A2 dies after the join, while the live side waits for its

@@ -679,12 +679,15 @@ impl PrimaryDriver {
     /// **The fence**: the highest seq whose output may leave now, or `None`
     /// when nothing may. Protected: what the backup ACKed, while the ACK
     /// lease holds (a primary that was paused past it must not trust the
-    /// ACKs it holds: the backup may be live by now). Unprotected: all.
-    /// Arbitrating, lost or finished: nothing.
+    /// ACKs it holds: the backup may be live by now). Unprotected: every
+    /// output taken so far — not "all": the gate keeps the highest bound it
+    /// was given, so a bound beyond what exists would let the outputs of a
+    /// later join or pair leave unACKed. Arbitrating, lost or finished:
+    /// nothing.
     fn releasable(&self, now: Instant) -> Option<u64> {
         match &self.state {
             State::Protected(p) if p.lease_valid(now) => Some(p.acked_seq()),
-            State::Unprotected(_) => Some(u64::MAX),
+            State::Unprotected(_) => Some(self.gate.last_held()),
             // What precedes the join leaves; the rest waits for the spare.
             State::Joining { at, .. } => Some(at - 1),
             _ => None,
@@ -925,5 +928,83 @@ impl EventSource for PrimaryDriver {
             State::Protected(p) => Some(p.next_deadline()),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// An unprotected driver that takes spares, the sender of its outputs,
+    /// the re-protector's end and the count of outputs that left.
+    fn unprotected() -> (
+        PrimaryDriver,
+        crossbeam_channel::Sender<crate::gate::Submitted>,
+        crossbeam_channel::Sender<Join>,
+        Arc<AtomicUsize>,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (_app, consumer) = ftvm_channel::Appender::unshipped(1 << 16).unwrap();
+        let (out_tx, out_rx) = crossbeam_channel::unbounded();
+        let (join_tx, join_rx) = crossbeam_channel::unbounded();
+        let settings = ftvm_tuning::Settings::default();
+        let driver = PrimaryDriver::unprotected(
+            consumer,
+            out_rx,
+            PairIdentity {
+                vm: "vm".into(),
+                generation: 1,
+                candidate: "test".into(),
+                arbiter: Arc::new(ftvm_arbiter::FileArbiter::new(dir.path())),
+                retry: Retry::default(),
+            },
+            Arc::new(GateCounters::default()),
+            Arc::new(|| false),
+            Duration::from_secs(1),
+            Joins {
+                rx: join_rx,
+                channel: settings.channel.clone(),
+                hello: crate::hello(&settings, &[], "kv", 0, "vm", 1),
+            },
+        )
+        .unwrap();
+        (driver, out_tx, join_tx, Arc::new(AtomicUsize::new(0)), dir)
+    }
+
+    fn output(seq: u64, left: &Arc<AtomicUsize>) -> crate::gate::Submitted {
+        let left = left.clone();
+        let release: Release = Box::new(move || {
+            left.fetch_add(1, Ordering::Relaxed);
+        });
+        (seq, Instant::now(), release)
+    }
+
+    /// Outputs leave at once while unprotected, and those from the join's
+    /// seq on wait for the spare: an unprotected release must not open the
+    /// gate for what comes after it (the gate keeps its highest bound).
+    #[test]
+    fn outputs_after_the_join_wait_although_earlier_ones_left_unprotected() {
+        let (mut d, outputs, joins, left, _dir) = unprotected();
+        outputs.send(output(1, &left)).unwrap();
+        d.pump(PollPoint::Wait).unwrap();
+        assert_eq!(left.load(Ordering::Relaxed), 1, "unprotected: at once");
+        joins.send(Join::At(2)).unwrap();
+        outputs.send(output(3, &left)).unwrap();
+        d.pump(PollPoint::Wait).unwrap();
+        assert_eq!(d.shared().protection(), Protection::Joining);
+        assert_eq!(
+            left.load(Ordering::Relaxed),
+            1,
+            "seq 3 is past the join at seq 2: it waits for the spare"
+        );
+        joins
+            .send(Join::Failed("spare".into(), "cut".into()))
+            .unwrap();
+        d.pump(PollPoint::Wait).unwrap();
+        assert_eq!(d.shared().protection(), Protection::Unprotected);
+        assert_eq!(left.load(Ordering::Relaxed), 2, "no spare: it leaves");
     }
 }
