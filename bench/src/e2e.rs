@@ -8,7 +8,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::{ChannelOptions, Latency, Machine, Report, Row, percentile_svg};
+use crate::{ChannelOptions, Latency, Report, Row, percentile_svg};
 use anyhow::{Context, bail};
 use ftvm_ft::local::{LocalPair, PairOutcome, Protection};
 use ftvm_kvproto::load::{LoadConfig, LoadReport, run_load};
@@ -443,18 +443,13 @@ pub fn run(a: BenchE2eArgs, settings: &Settings) -> anyhow::Result<()> {
         )?;
     }
     if let Some(path) = &a.report {
-        let report = Report {
-            machine: Machine::detect(),
-            settings: serde_json::to_value(settings)?,
-            options: serde_json::json!({
+        let options = serde_json::json!({
                 "transport": a.transport, "ops": a.ops, "clients": a.clients,
                 "echo_packets": a.echo_packets, "echo_bytes": a.echo_bytes, "echo_window": a.echo_window,
                 "dns_seconds": a.dns.dns_seconds, "dns_clients": a.dns.dns_clients,
                 "dns_outstanding": a.dns.dns_outstanding, "dns_skip_updates": a.dns.dns_skip_updates,
-            }),
-            results: rows,
-            skipped,
-        };
+        });
+        let report = Report::new(settings, options, rows, skipped)?;
         let mut v = serde_json::to_value(&report)?;
         v["e2e"] = serde_json::to_value(&summaries)?;
         std::fs::write(path, serde_json::to_string_pretty(&v)? + "\n")

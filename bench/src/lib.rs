@@ -45,6 +45,6 @@ pub mod vmm;
 pub use cpu::process_cpu_seconds;
 pub use hist::Latency;
 pub use plot::percentile_svg;
-pub use report::{Machine, Report, Row};
+pub use report::{IDLE_CPU_BUDGET_PCT, Machine, Report, Row};
 pub use runner::{ChannelOptions, DEFAULT_ROUNDS, Role, list, run, run_rounds};
 pub use scenarios::{Outcome, Params, Preamble, SCENARIOS, Scenario, stream_entries};

@@ -14,6 +14,12 @@ use crate::report::Row;
 /// The largest `1/(1-q)` drawn (q = 99.999%).
 const X_MAX: f64 = 1e5;
 
+/// Tick label size (px).
+const LABEL_PX: u32 = 13;
+
+/// The canvas (px).
+const SIZE: (u32, u32) = (1100, 700);
+
 /// Draws every row that has a histogram into an SVG file at `path`.
 pub fn percentile_svg(rows: &[Row], title: &str, path: &Path) -> Result<()> {
     let series: Vec<(String, Vec<(f64, f64)>)> = rows
@@ -48,12 +54,14 @@ pub fn percentile_svg(rows: &[Row], title: &str, path: &Path) -> Result<()> {
         .fold(0.0, f64::max)
         * 1.25;
 
-    let root = SVGBackend::new(path, (1100, 700)).into_drawing_area();
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
     let err = |e: &dyn std::fmt::Display| anyhow!("plot {}: {e}", path.display());
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(15)
+        // Room for the last tick label, centred on the right edge (99.999%).
+        .margin_right(60)
         .x_label_area_size(45)
         .y_label_area_size(70)
         .build_cartesian_2d((1.0..X_MAX).log_scale(), (y_min..y_max).log_scale())
@@ -62,6 +70,7 @@ pub fn percentile_svg(rows: &[Row], title: &str, path: &Path) -> Result<()> {
         .configure_mesh()
         .x_desc("percentile")
         .y_desc("latency (µs)")
+        .label_style(("sans-serif", LABEL_PX))
         .x_label_formatter(&|x| {
             // 1/(1-q) = 10^k  =>  q = 1 - 10^-k: print k-2 decimals of nines.
             let q = 100.0 * (1.0 - 1.0 / x);
@@ -118,5 +127,78 @@ mod tests {
         // Each row adds its line and its legend sample.
         let lines = |s: &str| s.matches("<polyline").count();
         assert_eq!(lines(&two), lines(&one) + 2);
+        frame_holds_lines_and_labels(&two);
+    }
+
+    /// A numeric attribute of an SVG element's text.
+    fn attr(el: &str, name: &str) -> Option<f64> {
+        let at = el.find(&format!(" {name}=\""))? + name.len() + 3;
+        el[at..].split('"').next()?.parse().ok()
+    }
+
+    /// Every point of every data line lies inside the mesh (the frame the
+    /// grid lines span), and no tick label reaches past the canvas.
+    fn frame_holds_lines_and_labels(svg: &str) {
+        let grid: Vec<&str> = svg
+            .split('<')
+            .filter(|e| e.starts_with("line ") && e.contains("opacity=\"0.1\""))
+            .collect();
+        let xs: Vec<f64> = grid.iter().filter_map(|e| attr(e, "x1")).collect();
+        let ys: Vec<f64> = grid
+            .iter()
+            .flat_map(|e| [attr(e, "y1"), attr(e, "y2")])
+            .flatten()
+            .collect();
+        let min = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
+        let max = |v: &[f64]| v.iter().copied().fold(f64::MIN, f64::max);
+        let (left, right, top, bottom) = (min(&xs), max(&xs), min(&ys), max(&ys));
+        let mut points = 0;
+        for line in svg.split("<polyline").skip(1) {
+            let pts = line
+                .split("points=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
+            let pts: Vec<(f64, f64)> = pts
+                .split_whitespace()
+                .map(|p| {
+                    let (x, y) = p.split_once(',').unwrap();
+                    (x.parse().unwrap(), y.parse().unwrap())
+                })
+                .collect();
+            if pts.len() <= 2 {
+                continue; // a legend sample
+            }
+            for (x, y) in pts {
+                assert!(
+                    (left..=right).contains(&x) && (top..=bottom).contains(&y),
+                    "({x}, {y}) outside the frame x {left}..{right}, y {top}..{bottom}"
+                );
+                points += 1;
+            }
+        }
+        assert!(points > 0);
+        // Labels: centred (or start-anchored) text, about 0.6 em per glyph.
+        for t in svg.split("<text").skip(1) {
+            let (Some(x), Some(size)) = (attr(t, "x"), attr(t, "font-size")) else {
+                continue;
+            };
+            let text = (t.split('>').nth(1).unwrap_or("").split('<').next())
+                .unwrap_or("")
+                .trim();
+            let width = text.chars().count() as f64 * size * 0.6;
+            let right_edge = match () {
+                _ if t.contains("text-anchor=\"middle\"") => x + width / 2.0,
+                _ if t.contains("text-anchor=\"end\"") => x,
+                _ => x + width,
+            };
+            assert!(
+                right_edge <= f64::from(SIZE.0),
+                "label {text:?} ends at {right_edge} px, past the canvas ({} px)",
+                SIZE.0
+            );
+        }
     }
 }

@@ -87,6 +87,10 @@ pub struct Row {
     pub ratio_throughput: Option<f64>,
     /// Process CPU time as % of one core (idle-cpu).
     pub cpu_pct: Option<f64>,
+    /// The budget `cpu_pct` is held to (idle-cpu: [`IDLE_CPU_BUDGET_PCT`]).
+    pub cpu_budget_pct: Option<f64>,
+    /// `within budget` or `over budget` (rows with a budget).
+    pub verdict: Option<String>,
     /// Free-form notes (achieved rate, fallbacks).
     pub note: String,
     /// The histogram behind the latency fields (not serialized).
@@ -140,6 +144,20 @@ impl Row {
         self
     }
 
+    /// Sets the CPU share and holds it to `budget_pct` (the verdict).
+    pub fn with_cpu(mut self, cpu_pct: Option<f64>, budget_pct: f64) -> Row {
+        self.cpu_pct = cpu_pct;
+        self.cpu_budget_pct = Some(budget_pct);
+        self.verdict = cpu_pct.map(|c| {
+            if c <= budget_pct {
+                "within budget".to_string()
+            } else {
+                "over budget".to_string()
+            }
+        });
+        self
+    }
+
     /// Sets the streaming floor and the throughput ratio.
     pub fn with_stream_floor(mut self, floor_mb_per_s: Option<f64>) -> Row {
         if let Some(f) = floor_mb_per_s {
@@ -150,12 +168,21 @@ impl Row {
     }
 }
 
+/// What a connected, idle channel may cost with the balanced profile, as %
+/// of one core (`docs/benchmarks.md`, idle-cpu).
+pub const IDLE_CPU_BUDGET_PCT: f64 = 2.0;
+
 /// The whole report.
 #[derive(Debug, Serialize)]
 pub struct Report {
     /// Where it ran.
     pub machine: Machine,
-    /// The resolved settings (`serde_json::to_value(settings)`).
+    /// The transports the rows were measured on, in order (`rdma-sim` for
+    /// the simulated NIC, `none` for an unprotected baseline): what ran,
+    /// not what was asked for.
+    pub transports_run: Vec<String>,
+    /// The resolved settings (`serde_json::to_value(settings)`), with
+    /// `channel.transport` the one that ran when there was one.
     pub settings: serde_json::Value,
     /// The command line options of the run.
     pub options: serde_json::Value,
@@ -166,6 +193,37 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report of `results`, run with `settings` and `options`.
+    pub fn new(
+        settings: &ftvm_tuning::Settings,
+        options: serde_json::Value,
+        results: Vec<Row>,
+        skipped: Vec<String>,
+    ) -> Result<Report> {
+        let mut transports_run: Vec<String> = Vec::new();
+        for r in &results {
+            if !transports_run.contains(&r.transport) {
+                transports_run.push(r.transport.clone());
+            }
+        }
+        let mut settings = serde_json::to_value(settings).context("serialize settings")?;
+        if let [one] = transports_run
+            .iter()
+            .filter(|t| *t != "none")
+            .collect::<Vec<_>>()[..]
+        {
+            settings["channel"]["transport"] = one.as_str().into();
+        }
+        Ok(Report {
+            machine: Machine::detect(),
+            transports_run,
+            settings,
+            options,
+            results,
+            skipped,
+        })
+    }
+
     /// Writes the JSON report to `path`.
     pub fn write_json(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self).context("serialize report")?;
@@ -219,12 +277,51 @@ impl Report {
                 f(row.floor_mb_per_s),
                 r(row.ratio_throughput),
                 r(row.cpu_pct),
-                row.note
+                match (&row.verdict, row.cpu_budget_pct) {
+                    (Some(v), Some(b)) => format!("{v} ({b} %); {}", row.note),
+                    _ => row.note.clone(),
+                }
+                .trim_end_matches("; ")
             );
         }
         for s in &self.skipped {
             let _ = writeln!(out, "\nskipped: {s}");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON says what ran: the transports of the rows (the settings'
+    /// transport replaced by the one that ran), idle-cpu against its
+    /// budget with a verdict.
+    #[test]
+    fn the_report_names_what_ran_and_judges_idle_cpu() {
+        let settings = ftvm_tuning::Settings::default();
+        assert_eq!(settings.channel.transport.name(), "tcp");
+        let rows = vec![
+            Row::new("floor", "uring", 64),
+            Row::new("idle-cpu", "uring", 64).with_cpu(Some(2.5), IDLE_CPU_BUDGET_PCT),
+            Row::new("idle-cpu", "uring", 4096).with_cpu(Some(1.5), IDLE_CPU_BUDGET_PCT),
+        ];
+        let r = Report::new(&settings, serde_json::json!({}), rows, vec![]).unwrap();
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["transports_run"], serde_json::json!(["uring"]));
+        assert_eq!(v["settings"]["channel"]["transport"], "uring");
+        assert_eq!(v["results"][1]["cpu_budget_pct"], 2.0);
+        assert_eq!(v["results"][1]["verdict"], "over budget");
+        assert_eq!(v["results"][2]["verdict"], "within budget");
+        assert_eq!(v["results"][0]["verdict"], serde_json::Value::Null);
+        assert!(r.table().contains("| over budget (2 %)"), "{}", r.table());
+        // Several transports: the settings keep theirs, the list says all.
+        let rows = vec![Row::new("floor", "tcp", 64), Row::new("floor", "shm", 64)];
+        let v = serde_json::to_value(
+            Report::new(&settings, serde_json::json!({}), rows, vec![]).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v["transports_run"], serde_json::json!(["tcp", "shm"]));
     }
 }

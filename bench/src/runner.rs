@@ -11,7 +11,7 @@ use ftvm_tuning::{Settings, TransportKind};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::hist::Latency;
-use crate::report::{Machine, Report, Row};
+use crate::report::{IDLE_CPU_BUDGET_PCT, Report, Row};
 use crate::scenarios::{Outcome, Params, Preamble, SCENARIOS, Scenario, by_code, stream_entries};
 
 /// Which end this process plays.
@@ -31,6 +31,10 @@ pub enum Role {
     },
 }
 
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
 /// Options of `ftvm bench channel` (the binary parses, this crate runs).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ChannelOptions {
@@ -40,7 +44,9 @@ pub struct ChannelOptions {
     pub filter: Option<String>,
     /// Entries (latency samples) per scenario.
     pub entries: u64,
-    /// Duration of time-based scenarios (idle-cpu).
+    /// Duration of time-based scenarios (idle-cpu); in the JSON as
+    /// `duration_s`, seconds.
+    #[serde(rename = "duration_s", serialize_with = "as_secs")]
     pub duration: Duration,
     /// Payload sizes in bytes.
     pub payloads: Vec<usize>,
@@ -151,17 +157,9 @@ pub fn run_rounds(
     if results.is_empty() && !skipped.is_empty() {
         bail!("no transport could run here: {}", skipped.join("; "));
     }
-    let report = Report {
-        machine: Machine::detect(),
-        settings: serde_json::to_value(settings).context("serialize settings")?,
-        options: {
-            let mut o = serde_json::to_value(opts).context("serialize options")?;
-            o["rounds"] = rounds.into();
-            o
-        },
-        results,
-        skipped,
-    };
+    let mut options = serde_json::to_value(opts).context("serialize options")?;
+    options["rounds"] = rounds.into();
+    let report = Report::new(settings, options, results, skipped)?;
     println!("{}", report.table());
     if let Some(path) = &opts.report {
         report.write_json(path)?;
@@ -383,8 +381,8 @@ fn run_transport(
         };
         match run_one(opts, &balanced, find("idle-cpu"), params) {
             Ok(out) => {
-                let mut row = Row::new("idle-cpu", tname, payload);
-                row.cpu_pct = out.cpu_pct;
+                let mut row =
+                    Row::new("idle-cpu", tname, payload).with_cpu(out.cpu_pct, IDLE_CPU_BUDGET_PCT);
                 row.note = format!("balanced profile; {}", out.note);
                 results.push(row);
             }
