@@ -36,6 +36,7 @@ pub mod failover;
 mod hist;
 pub mod loops;
 mod plot;
+pub mod progress;
 mod report;
 mod runner;
 mod scenarios;

@@ -499,25 +499,28 @@ fn scenario(
     std::thread::sleep(Duration::from_millis(if sc.load { 300 } else { 50 }));
     let mut floors = Vec::new();
     let mut runs = Vec::new();
+    let progress = crate::progress::Progress::new(sc.name, u64::from(opts.runs.max(1)));
     let result = (|| -> Result<()> {
         for run in 0..opts.runs.max(1) {
             if let Some(f) = floor_pause(&primary.control)? {
                 floors.push(ms(f));
             }
             let r = one_transfer(settings, sc, opts, &primary.control, run)?;
-            eprintln!(
+            progress.println(&format!(
                 "  {} run {run}: total {:.1} ms, pause {} ms, rounds {}, pages {:?}",
                 sc.name,
                 r.total_ms,
                 r.pause_ms.map_or("-".into(), |p| format!("{p:.2}")),
                 r.rounds,
                 r.pages_per_round
-            );
+            ));
+            progress.inc(1);
             runs.push(r);
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
     })();
+    progress.finish();
     let load_ops = primary.finish()?;
     result?;
     let pauses: Vec<f64> = runs.iter().filter_map(|r| r.pause_ms).collect();

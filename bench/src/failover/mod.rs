@@ -643,12 +643,15 @@ pub fn run(opts: &FailoverOptions) -> Result<FailoverReport> {
     let mut seed = opts.seed;
     let mut trials = Vec::new();
     let mut summary = Vec::new();
+    let total = opts.trials.iter().map(|&(_, n)| u64::from(n)).sum();
+    let progress = crate::progress::Progress::new("failover trials", total);
     for &(kind, n) in &opts.trials {
         let mut these = Vec::new();
         for i in 0..n {
             let r = run_trial(opts, kind, i, &mut seed);
+            progress.inc(1);
             if opts.verbose {
-                eprintln!(
+                progress.println(&format!(
                     "{} #{i}: winner {} gap {:.1} ms (ended {:.1} ms after the fault; detect {:?} drain {:?} arbit {:?} live {:?}; retries {}, resent {}) lost {} twice {} loser-replies {}{}",
                     kind.name(),
                     r.winner,
@@ -667,7 +670,7 @@ pub fn run(opts: &FailoverOptions) -> Result<FailoverReport> {
                         .as_ref()
                         .map(|e| format!(" ERROR {e}"))
                         .unwrap_or_default()
-                );
+                ));
             }
             these.push(r);
         }

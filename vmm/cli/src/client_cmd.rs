@@ -168,7 +168,12 @@ fn run_load_cmd(
     cfg.seed = l.seed;
     cfg.threads = l.threads;
     cfg.max_value_len = l.max_value_len;
-    let report = run_load(&cfg)?;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    cfg.progress = Some(done.clone());
+    let progress = ftvm_bench::progress::Progress::follow("load", cfg.ops, done);
+    let report = run_load(&cfg);
+    progress.finish();
+    let report = report?;
     print!("{}", report.render(&cfg));
     report.verdict()?;
     Ok(())

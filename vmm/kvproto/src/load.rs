@@ -89,6 +89,9 @@ pub struct LoadConfig {
     /// Set to stop issuing new ops early: the run ends once every op
     /// issued is answered (and the final check is done). `ops` still caps it.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Ops completed so far, added to as they complete (for a progress
+    /// display; `None`: not counted).
+    pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// The operations a load draws.
@@ -125,6 +128,7 @@ impl LoadConfig {
             mix: OpMix::Mixed,
             final_check: false,
             stop: None,
+            progress: None,
         }
     }
 
@@ -1029,6 +1033,10 @@ fn run_thread(
                 }
             }
             report.ops += 1;
+            if let Some(p) = &cfg.progress {
+                // Relaxed: a display counter.
+                p.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             report.elapsed = done.duration_since(start);
             idle.push_back(idx);
         }
