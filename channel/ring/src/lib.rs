@@ -3,8 +3,10 @@
 //! Contract: single producer, single consumer; no locks, no allocation after
 //! construction, no system calls on the data path. This crate holds the
 //! channel's memory-model `unsafe` (shared ring memory, atomics); the
-//! transports' system calls (`setsockopt`, `poll`, io_uring, the shm
-//! mapping) are `unsafe` in the transports themselves. Every `unsafe` block states
+//! transports' system calls are `unsafe` in their `sys.rs` files
+//! (`transport/sys.rs`: `setsockopt`, `poll`; `transport/shm/sys.rs`: the
+//! mapping, the memfd, fd passing), and io_uring's memory contract in
+//! `transport/uring/`. Every `unsafe` block states
 //! the invariant it relies on and where that invariant is established, and
 //! every atomic ordering names the operation it pairs with. Design notes with
 //! layout diagrams: `docs/ring.md`.

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 pub mod rdma;
 pub mod shm;
+mod sys;
 pub mod tcp;
 pub mod uring;
 

@@ -5,9 +5,10 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::Duration;
 
+use super::sys::{poll_fd, set_buffer};
 use super::{Interest, Listener, Transport, TransportError};
 
 /// A connected TCP stream.
@@ -15,50 +16,6 @@ use super::{Interest, Listener, Transport, TransportError};
 pub struct TcpTransport {
     stream: TcpStream,
     peer: String,
-}
-
-fn set_buffer(fd: RawFd, opt: libc::c_int, bytes: usize) -> io::Result<()> {
-    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `fd` is an open socket owned by the caller for the duration of
-    // the call; `v` lives on the stack and its size is passed exactly.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&raw const v).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Waits with `poll(2)` for `events` on `fd`; `timeout` is capped at i32::MAX ms.
-pub(crate) fn poll_fd(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
-    let ms = libc::c_int::try_from(timeout.as_millis().max(u128::from(!timeout.is_zero())))
-        .unwrap_or(libc::c_int::MAX);
-    // SAFETY: `pfd` is a valid pollfd on the stack and nfds = 1 matches it.
-    let rc = unsafe { libc::poll(&raw mut pfd, 1, ms) };
-    match rc {
-        -1 => {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                Ok(false)
-            } else {
-                Err(e)
-            }
-        }
-        0 => Ok(false),
-        _ => Ok(true),
-    }
 }
 
 fn interest_events(interest: Interest) -> libc::c_short {
@@ -73,8 +30,8 @@ fn interest_events(interest: Interest) -> libc::c_short {
 /// `socket_buffer_bytes`; a state transfer's connection, which becomes the
 /// channel, gets them from its start).
 pub fn set_socket_buffers(stream: &TcpStream, bytes: usize) -> io::Result<()> {
-    set_buffer(stream.as_raw_fd(), libc::SO_SNDBUF, bytes)?;
-    set_buffer(stream.as_raw_fd(), libc::SO_RCVBUF, bytes)
+    set_buffer(stream.as_fd(), libc::SO_SNDBUF, bytes)?;
+    set_buffer(stream.as_fd(), libc::SO_RCVBUF, bytes)
 }
 
 impl TcpTransport {
@@ -94,7 +51,7 @@ impl TcpTransport {
         stream
             .set_nonblocking(true)
             .map_err(|e| TransportError::io(ctx("set nonblocking"), e))?;
-        let fd = stream.as_raw_fd();
+        let fd = stream.as_fd();
         set_buffer(fd, libc::SO_SNDBUF, buffer_bytes)
             .map_err(|e| TransportError::io(ctx("set SO_SNDBUF"), e))?;
         set_buffer(fd, libc::SO_RCVBUF, buffer_bytes)
@@ -181,7 +138,7 @@ impl Transport for TcpTransport {
     }
 
     fn wait(&mut self, interest: Interest, timeout: Duration) -> Result<(), TransportError> {
-        poll_fd(self.stream.as_raw_fd(), interest_events(interest), timeout)
+        poll_fd(self.stream.as_fd(), interest_events(interest), timeout)
             .map(|_| ())
             .map_err(|e| self.lost("poll", e))
     }
@@ -243,7 +200,7 @@ impl Listener for TcpListenerTransport {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(TransportError::io(op(), e)),
         }
-        if !poll_fd(self.listener.as_raw_fd(), libc::POLLIN, timeout)
+        if !poll_fd(self.listener.as_fd(), libc::POLLIN, timeout)
             .map_err(|e| TransportError::io(op(), e))?
         {
             return Ok(None);

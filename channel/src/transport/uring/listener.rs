@@ -2,7 +2,7 @@
 
 use std::io;
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use ftvm_tuning::ChannelSettings;
@@ -100,24 +100,9 @@ impl Listener for UringListener {
             if left.is_zero() {
                 return Ok(None);
             }
-            let mut pfd = libc::pollfd {
-                fd: self.listener.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-            // SAFETY: `pfd` is a valid pollfd for the duration of the call and
-            // the count passed is 1, matching the single element.
-            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-            if rc < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(TransportError::io(
-                        format!("poll listener {}", self.local),
-                        e,
-                    ));
-                }
-            }
+            // An interrupted poll is a spurious wake-up: the loop accepts again.
+            crate::transport::sys::poll_fd(self.listener.as_fd(), libc::POLLIN, left)
+                .map_err(|e| TransportError::io(format!("poll listener {}", self.local), e))?;
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 
 use io_uring::{IoUring, Probe, opcode};
 
@@ -39,19 +39,7 @@ pub(super) fn set_buffer(
     bytes: usize,
     peer: &str,
 ) -> Result<(), TransportError> {
-    let v = bytes.min(i32::MAX as usize) as libc::c_int;
-    // SAFETY: the fd is a live socket owned by `stream`; `v` is a c_int whose
-    // address and size are passed together.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
+    if let Err(e) = crate::transport::sys::set_buffer(stream.as_fd(), opt, bytes) {
         let name = if opt == libc::SO_SNDBUF {
             "SO_SNDBUF"
         } else {
@@ -59,7 +47,7 @@ pub(super) fn set_buffer(
         };
         return Err(TransportError::io(
             format!("set {name}={bytes} on socket to {peer}"),
-            io::Error::last_os_error(),
+            e,
         ));
     }
     Ok(())

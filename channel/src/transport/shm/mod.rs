@@ -18,16 +18,19 @@
 //!    EOF after `B` is [`TransportError::Closed`], EOF without it is
 //!    [`TransportError::PeerLost`].
 
+mod sys;
+
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::AsFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 use ftvm_ring::pipe::{self, PipeReader, PipeWriter};
 
-use super::tcp::poll_fd;
+use super::sys::poll_fd;
 use super::{Interest, Listener, Transport, TransportError};
+use sys::Mapping;
 
 const HELLO_MAGIC: u64 = u64::from_le_bytes(*b"FTVMSHM1");
 /// Empty polls between two liveness peeks at the socket (a peek is a syscall).
@@ -58,135 +61,6 @@ fn socket_addr(name: &str) -> io::Result<SocketAddr> {
     SocketAddr::from_abstract_name(format!("ftvm-shm/{name}").as_bytes())
 }
 
-/// A shared mapping of a memfd, unmapped on drop.
-#[derive(Debug)]
-struct Mapping {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain shared memory; all access to it goes through
-// the pipe reader/writer, which synchronise with atomics.
-unsafe impl Send for Mapping {}
-
-impl Mapping {
-    fn map(fd: &OwnedFd, len: usize) -> io::Result<Mapping> {
-        // SAFETY: a fresh shared mapping of `len` bytes of an fd we own; the
-        // kernel picks the address, so no existing memory is affected.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Mapping {
-            ptr: ptr.cast(),
-            len,
-        })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` came from a successful mmap in `Mapping::map`
-        // and the pipes that point into it are dropped before the mapping
-        // (field order of `ShmTransport`).
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
-/// Sends `fd` and `msg` over a Unix stream with SCM_RIGHTS.
-fn send_fd(sock: RawFd, fd: RawFd, msg: &[u8; 16]) -> io::Result<()> {
-    let mut iov = libc::iovec {
-        iov_base: msg.as_ptr() as *mut libc::c_void,
-        iov_len: msg.len(),
-    };
-    // u64 storage keeps the control buffer aligned for cmsghdr.
-    let mut cbuf = [0u64; 8];
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
-    // SAFETY: zeroed msghdr is a valid "empty" value; fields set below.
-    let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
-    mh.msg_iov = &raw mut iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = cbuf.as_mut_ptr().cast();
-    mh.msg_controllen = space;
-    // SAFETY: `mh` points at `cbuf`, which holds at least CMSG_SPACE(4)
-    // bytes (64 >= 24), so CMSG_FIRSTHDR is non-null and CMSG_DATA has room
-    // for one fd.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&raw const mh);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
-    }
-    // SAFETY: `mh` and everything it points to live until the call returns.
-    let n = unsafe { libc::sendmsg(sock, &raw const mh, libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if n as usize != msg.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            "short shm rendezvous message",
-        ));
-    }
-    Ok(())
-}
-
-/// Receives an fd and a 16-byte message sent by [`send_fd`] (blocking socket).
-fn recv_fd(sock: RawFd) -> io::Result<(OwnedFd, [u8; 16])> {
-    let mut msg = [0u8; 16];
-    let mut iov = libc::iovec {
-        iov_base: msg.as_mut_ptr().cast(),
-        iov_len: msg.len(),
-    };
-    let mut cbuf = [0u64; 8];
-    // SAFETY: zeroed msghdr is a valid "empty" value; fields set below.
-    let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
-    mh.msg_iov = &raw mut iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = cbuf.as_mut_ptr().cast();
-    mh.msg_controllen = size_of_val(&cbuf);
-    // SAFETY: `mh` points at live buffers of the sizes it states.
-    let n = unsafe { libc::recvmsg(sock, &raw mut mh, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if n as usize != msg.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("shm rendezvous message of {n} bytes, expected 16"),
-        ));
-    }
-    // SAFETY: the kernel filled `mh.msg_control*`; CMSG_FIRSTHDR checks the
-    // length before returning a header, and we read the fd only from an
-    // SCM_RIGHTS message long enough to hold one.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&raw const mh);
-        if c.is_null()
-            || (*c).cmsg_level != libc::SOL_SOCKET
-            || (*c).cmsg_type != libc::SCM_RIGHTS
-            || (*c).cmsg_len < libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "shm rendezvous carried no fd",
-            ));
-        }
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>());
-        Ok((OwnedFd::from_raw_fd(fd), msg))
-    }
-}
-
 /// One end of a shm connection.
 #[derive(Debug)]
 pub struct ShmTransport {
@@ -208,20 +82,10 @@ impl ShmTransport {
         sock: UnixStream,
         peer: String,
     ) -> Result<ShmTransport, TransportError> {
-        let plen = pipe::region_len(capacity);
-        // Pipe A (connector -> listener) at 0, pipe B (listener -> connector) at plen.
-        // SAFETY: both regions lie inside the mapping (size checked by the
-        // caller: 2 * plen <= map.len), which outlives the pipes (field order).
-        let (a, b) = unsafe { (map.ptr, map.ptr.add(plen)) };
-        let (w, r) = if listener_side { (b, a) } else { (a, b) };
         let bad = |e: ftvm_ring::RingError| {
             TransportError::io(format!("attach shm pipe of {peer}"), io::Error::other(e))
         };
-        // SAFETY: `w`/`r` point at formatted pipe regions of `plen` bytes in
-        // the mapping, valid while `_map` lives.
-        let writer = unsafe { PipeWriter::attach(w, plen) }.map_err(bad)?;
-        // SAFETY: as above.
-        let reader = unsafe { PipeReader::attach(r, plen) }.map_err(bad)?;
+        let (writer, reader) = map.attach(capacity, listener_side).map_err(bad)?;
         sock.set_nonblocking(true)
             .map_err(|e| TransportError::io(format!("set nonblocking on {peer}"), e))?;
         Ok(ShmTransport {
@@ -261,7 +125,7 @@ impl ShmTransport {
         };
         sock.set_read_timeout(Some(timeout))
             .map_err(|e| TransportError::io(format!("set timeout on {peer}"), e))?;
-        let (fd, msg) = recv_fd(sock.as_raw_fd())
+        let (fd, msg) = sys::recv_fd(sock.as_fd())
             .map_err(|e| TransportError::io(format!("rendezvous with {peer}"), e))?;
         let magic = u64::from_le_bytes(msg[..8].try_into().unwrap_or_default());
         let capacity = u64::from_le_bytes(msg[8..].try_into().unwrap_or_default()) as usize;
@@ -275,15 +139,14 @@ impl ShmTransport {
             ));
         }
         let len = 2 * pipe::region_len(capacity);
-        // SAFETY: fstat on an fd we own, into a zeroed stat on the stack.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        if unsafe { libc::fstat(fd.as_raw_fd(), &raw mut st) } != 0 || (st.st_size as usize) < len {
+        let size = sys::file_size(fd.as_fd())
+            .map_err(|e| TransportError::io(format!("rendezvous with {peer}"), e))?;
+        if size < len as u64 {
             return Err(TransportError::io(
                 format!("rendezvous with {peer}"),
                 io::Error::new(
                     io::ErrorKind::InvalidData,
-                    "shared memory smaller than announced",
+                    format!("shared memory of {size} bytes, smaller than the {len} announced"),
                 ),
             ));
         }
@@ -296,25 +159,14 @@ impl ShmTransport {
     fn check_peer(&mut self) -> Result<(), TransportError> {
         if self.peer_gone.is_none() {
             let mut b = [0u8; 2];
-            // SAFETY: `b` is a live 2-byte buffer; the socket fd is open.
-            let n = unsafe {
-                libc::recv(
-                    self.sock.as_raw_fd(),
-                    b.as_mut_ptr().cast(),
-                    b.len(),
-                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
-                )
-            };
-            if n == 0 {
-                self.peer_gone = Some(false);
-            } else if n > 0 && b[0] == b'B' {
+            let n = sys::peek(self.sock.as_fd(), &mut b);
+            match n {
+                Ok(0) => self.peer_gone = Some(false),
                 // The bye byte arrives before EOF; EOF is not needed to trust it.
-                self.peer_gone = Some(true);
-            } else if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::WouldBlock {
-                    self.peer_gone = Some(false);
-                }
+                Ok(_) if b[0] == b'B' => self.peer_gone = Some(true),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => self.peer_gone = Some(false),
             }
         }
         Ok(())
@@ -412,16 +264,9 @@ impl Transport for ShmTransport {
 
 impl Drop for ShmTransport {
     fn drop(&mut self) {
-        // Orderly close: the bye byte, then EOF.
-        // SAFETY: sending one byte from a static buffer on an open socket.
-        unsafe {
-            libc::send(
-                self.sock.as_raw_fd(),
-                b"B".as_ptr().cast(),
-                1,
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        };
+        // Orderly close: the bye byte, then EOF. A full socket buffer or a
+        // gone peer loses only the distinction Closed / PeerLost.
+        let _ = sys::send_nonblocking(self.sock.as_fd(), b"B");
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
     }
 }
@@ -457,39 +302,19 @@ impl ShmListener {
     fn setup(&self, sock: UnixStream) -> Result<ShmTransport, TransportError> {
         let peer = format!("shm:{}", self.name);
         let op = |what: &str| format!("{what} for a connection on {peer}");
-        let plen = pipe::region_len(self.capacity);
-        let len = 2 * plen;
-        // SAFETY: memfd_create with a static NUL-terminated name.
-        let raw = unsafe { libc::memfd_create(c"ftvm-shm".as_ptr(), libc::MFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(TransportError::io(
-                op("memfd_create"),
-                io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: `raw` is a fresh fd owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: ftruncate on the fd we own.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
-            return Err(TransportError::io(
-                op("size shared memory"),
-                io::Error::last_os_error(),
-            ));
-        }
+        let len = 2 * pipe::region_len(self.capacity);
+        let fd = sys::memfd(c"ftvm-shm", len)
+            .map_err(|e| TransportError::io(op("make shared memory (memfd)"), e))?;
         let map =
             Mapping::map(&fd, len).map_err(|e| TransportError::io(op("map shared memory"), e))?;
-        for i in 0..2 {
-            // SAFETY: region i of `plen` bytes lies inside the fresh mapping;
-            // no other party has it yet.
-            unsafe { pipe::init(map.ptr.add(i * plen), plen) }
-                .map_err(|e| TransportError::io(op("format pipe"), io::Error::other(e)))?;
-        }
+        map.init(self.capacity)
+            .map_err(|e| TransportError::io(op("format pipe"), io::Error::other(e)))?;
         let mut msg = [0u8; 16];
         msg[..8].copy_from_slice(&HELLO_MAGIC.to_le_bytes());
         msg[8..].copy_from_slice(&(self.capacity as u64).to_le_bytes());
         sock.set_nonblocking(false)
             .map_err(|e| TransportError::io(op("configure socket"), e))?;
-        send_fd(sock.as_raw_fd(), fd.as_raw_fd(), &msg)
+        sys::send_fd(sock.as_fd(), fd.as_fd(), &msg)
             .map_err(|e| TransportError::io(op("pass shared memory"), e))?;
         ShmTransport::new(map, self.capacity, true, sock, peer)
     }
@@ -501,7 +326,7 @@ impl Listener for ShmListener {
         let sock = match self.listener.accept() {
             Ok((s, _)) => s,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if !poll_fd(self.listener.as_raw_fd(), libc::POLLIN, timeout)
+                if !poll_fd(self.listener.as_fd(), libc::POLLIN, timeout)
                     .map_err(|e| TransportError::io(op(), e))?
                 {
                     return Ok(None);
