@@ -13,7 +13,7 @@
 //!    throughputs (goal >= 0.97).
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,8 @@ use anyhow::Context;
 use ftvm_kvproto::load::{LoadConfig, LoadReport, run_load};
 use ftvm_kvproto::server::KvServer;
 use ftvm_tuning::Settings;
-use ftvm_vmm::devices::net::{Nic, NicStats};
+use ftvm_vmm::Counter;
+use ftvm_vmm::devices::net::Nic;
 use ftvm_vmm::{
     ConsoleTarget, LogFileWriter, LogSink, LogSinkError, MemoryLog, RunMode, Vm, VmConfig,
 };
@@ -87,14 +88,12 @@ fn pin_current(core: usize) {
 /// A log sink that counts the frame bytes it passes on.
 struct CountingSink<S> {
     inner: S,
-    bytes: Arc<AtomicU64>,
+    bytes: Arc<Counter>,
 }
 
 impl<S: LogSink> LogSink for CountingSink<S> {
     fn append(&mut self, header: &Header, payload: &[u8]) -> Result<(), LogSinkError> {
-        // Relaxed: a statistic read after the VM thread is joined.
-        self.bytes
-            .fetch_add(frame_len(payload.len()) as u64, Ordering::Relaxed);
+        self.bytes.add(frame_len(payload.len()) as u64);
         self.inner.append(header, payload)
     }
 
@@ -197,7 +196,7 @@ fn run_mode(
     let nic_stats = nic.stats();
     config.devices.push(Box::new(nic));
     let stop = config.stop.clone();
-    let log_bytes = Arc::new(AtomicU64::new(0));
+    let log_bytes = Arc::new(Counter::new(0));
     let run_mode = match &record {
         Some(_) if args.log_sink == "memory" => RunMode::Record(Box::new(CountingSink {
             inner: MemoryLog::new(),
@@ -222,9 +221,9 @@ fn run_mode(
             pin,
         ))?;
         let before = (
-            NicStats::get(&nic_stats.rx_batches),
-            NicStats::get(&nic_stats.rx_packets),
-            log_bytes.load(Ordering::Relaxed),
+            nic_stats.rx_batches.get(),
+            nic_stats.rx_packets.get(),
+            log_bytes.get(),
         );
         Ok((
             before,
@@ -243,10 +242,9 @@ fn run_mode(
     Ok(ModeResult {
         mode,
         exits: outcome.exits,
-        rx_batches: NicStats::get(&nic_stats.rx_batches) - before.0,
-        rx_packets: NicStats::get(&nic_stats.rx_packets) - before.1,
-        // Relaxed: read after the VM thread was joined.
-        log_bytes: log_bytes.load(Ordering::Relaxed) - before.2,
+        rx_batches: nic_stats.rx_batches.get() - before.0,
+        rx_packets: nic_stats.rx_packets.get() - before.1,
+        log_bytes: log_bytes.get() - before.2,
         log_entries: outcome.stats.entries,
         load,
     })

@@ -295,11 +295,11 @@ fn slow_backup_triggers_lag_control() {
     assert_eq!(report.errors, 0, "{:?}", report.first_errors);
     let sink = run.sink.clone().expect("protected");
     let (p, b) = both(run.stop());
-    let sleeps = sink.lag_sleeps.load(Ordering::Relaxed);
-    let max_lag = sink.max_lag_us.load(Ordering::Relaxed);
+    let sleeps = sink.lag_sleeps.get();
+    let max_lag = sink.max_lag_us.get();
     println!(
         "lag control: {sleeps} sleeps, {} us slept, max lag {max_lag} us (limit 20000)",
-        sink.lag_sleep_us.load(Ordering::Relaxed)
+        sink.lag_sleep_us.get()
     );
     assert!(
         sleeps > 0,

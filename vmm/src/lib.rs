@@ -54,6 +54,7 @@ pub mod memory;
 pub mod output;
 pub mod payload;
 pub mod persist;
+pub mod stats;
 pub mod transfer;
 pub mod vcpu;
 pub mod vm;
@@ -74,6 +75,7 @@ pub use log::{
 pub use memory::{GuestMemory, GuestMemoryError, IoDesc, MemoryReader};
 pub use output::{ImmediateGate, KeptOutput, OutputGate, Release};
 pub use payload::{CheckpointRecord, describe_entry};
+pub use stats::Counter;
 pub use vm::{
     AtExit, AtExitError, ExitBoundary, RunMode, RunOutcome, StopReason, Vm, VmConfig, VmControl,
     VmError,

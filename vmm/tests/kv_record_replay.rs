@@ -117,17 +117,17 @@ fn kv_ten_thousand_ops_record_and_replay_to_the_same_digest() {
         load.latency_us(0.99),
         load.retries,
         recorded.exits,
-        NicStats::get(&nic.rx_batches),
-        NicStats::get(&nic.rx_packets),
-        NicStats::get(&nic.tx_packets),
+        nic.rx_batches.get(),
+        nic.rx_packets.get(),
+        nic.tx_packets.get(),
         std::fs::metadata(&log).unwrap().len(),
     );
     assert_eq!(load.ops, 10_000);
     assert_eq!(load.errors, 0, "{:?}", load.first_errors);
     assert_eq!(recorded.reason, StopReason::Requested);
     // Every request reached the guest and every reply left it.
-    assert!(NicStats::get(&nic.rx_packets) >= 10_000);
-    assert!(NicStats::get(&nic.tx_packets) >= 10_000);
+    assert!(nic.rx_packets.get() >= 10_000);
+    assert!(nic.tx_packets.get() >= 10_000);
 
     let replayed = replay("kv", &log);
     assert_eq!(replayed.reason, StopReason::PrimaryStopped);
@@ -188,7 +188,7 @@ fn wait_for_console(console: &Arc<Mutex<Vec<u8>>>, line: &str) {
 
 #[test]
 fn block_device_reads_come_from_the_log_and_writes_reach_the_file() {
-    use ftvm_vmm::devices::block::{Block, BlockStats};
+    use ftvm_vmm::devices::block::Block;
     if !kvm_or_skip("block_device_reads_come_from_the_log_and_writes_reach_the_file") {
         return;
     }
@@ -213,9 +213,9 @@ fn block_device_reads_come_from_the_log_and_writes_reach_the_file() {
     );
     assert!(console.contains("disk: self-test ok, boot 42"), "{console}");
     // Two batches of writes and reads, several requests per doorbell.
-    assert_eq!(BlockStats::get(&stats.doorbells), 3);
-    assert_eq!(BlockStats::get(&stats.writes), 9);
-    assert_eq!(BlockStats::get(&stats.reads), 9);
+    assert_eq!(stats.doorbells.get(), 3);
+    assert_eq!(stats.writes.get(), 9);
+    assert_eq!(stats.reads.get(), 9);
     let after = std::fs::read(&disk).unwrap();
     assert_eq!(&after[..8], &42u64.to_le_bytes());
     assert_eq!(after[512 + 1], (7 + 42) as u8, "pattern block 0 byte 1");

@@ -29,7 +29,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,7 @@ use crossbeam_channel::Receiver;
 use ftvm_arbiter::{Arbiter, Decision, Retry};
 use ftvm_channel::{AckGate, ChannelError, Primary, PrimaryStats};
 use ftvm_ring::log::Consumer;
-use ftvm_vmm::{EventSource, EventSourceError, PollPoint, Release};
+use ftvm_vmm::{Counter, EventSource, EventSourceError, PollPoint, Release};
 
 use crate::gate::{GateCounters, Submitted};
 use crate::pair::GiveUp;
@@ -107,23 +107,23 @@ pub struct DriverShared {
     /// The VM's name (for events).
     vm: String,
     state: AtomicU8,
-    generation: AtomicU64,
-    acked: AtomicU64,
-    replayed: AtomicU64,
-    replay_ordinal: AtomicU64,
-    last_sent: AtomicU64,
+    generation: Counter,
+    acked: Counter,
+    replayed: Counter,
+    replay_ordinal: Counter,
+    last_sent: Counter,
     /// Time from detecting the loss to the arbiter's answer (µs).
-    arbitration_us: AtomicU64,
+    arbitration_us: Counter,
     /// When the backup was found lost, and when the arbiter answered (Unix µs).
-    lost_unix_us: AtomicU64,
-    decided_unix_us: AtomicU64,
+    lost_unix_us: Counter,
+    decided_unix_us: Counter,
     /// Channel counters over every backup this primary had (`ChannelTotals`).
-    entries_sent: AtomicU64,
-    entry_bytes_sent: AtomicU64,
-    acks: AtomicU64,
+    entries_sent: Counter,
+    entry_bytes_sent: Counter,
+    acks: Counter,
     /// Backups lost, and races for the next generation won after a loss.
-    backup_losses: AtomicU64,
-    races_won: AtomicU64,
+    backup_losses: Counter,
+    races_won: Counter,
     /// Why the backup was lost / who won, for messages.
     note: Mutex<String>,
     stats: Mutex<Option<PrimaryStats>>,
@@ -146,19 +146,19 @@ impl DriverShared {
         let shared = DriverShared {
             vm: vm.to_string(),
             state: AtomicU8::new(protection as u8),
-            generation: AtomicU64::new(generation),
-            acked: AtomicU64::new(0),
-            replayed: AtomicU64::new(0),
-            replay_ordinal: AtomicU64::new(0),
-            last_sent: AtomicU64::new(0),
-            arbitration_us: AtomicU64::new(0),
-            lost_unix_us: AtomicU64::new(0),
-            decided_unix_us: AtomicU64::new(0),
-            entries_sent: AtomicU64::new(0),
-            entry_bytes_sent: AtomicU64::new(0),
-            acks: AtomicU64::new(0),
-            backup_losses: AtomicU64::new(0),
-            races_won: AtomicU64::new(0),
+            generation: Counter::new(generation),
+            acked: Counter::new(0),
+            replayed: Counter::new(0),
+            replay_ordinal: Counter::new(0),
+            last_sent: Counter::new(0),
+            arbitration_us: Counter::new(0),
+            lost_unix_us: Counter::new(0),
+            decided_unix_us: Counter::new(0),
+            entries_sent: Counter::new(0),
+            entry_bytes_sent: Counter::new(0),
+            acks: Counter::new(0),
+            backup_losses: Counter::new(0),
+            races_won: Counter::new(0),
             note: Mutex::new(String::new()),
             stats: Mutex::new(None),
             transfer: Mutex::new(TransferView::default()),
@@ -184,61 +184,53 @@ impl DriverShared {
 
     /// The generation this side runs at.
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Relaxed)
+        self.generation.get()
     }
 
     /// Highest seq the backup ACKed.
     pub fn acked_seq(&self) -> u64 {
-        self.acked.load(Ordering::Relaxed)
+        self.acked.get()
     }
 
     /// The backup's replay position (seq, exit ordinal).
     pub fn replay(&self) -> (u64, u64) {
-        // Relaxed: reporting values (lag control tolerates a stale read).
-        (
-            self.replayed.load(Ordering::Relaxed),
-            self.replay_ordinal.load(Ordering::Relaxed),
-        )
+        (self.replayed.get(), self.replay_ordinal.get())
     }
 
     /// Highest seq handed to the transport.
     pub fn last_sent_seq(&self) -> u64 {
-        self.last_sent.load(Ordering::Relaxed)
+        self.last_sent.get()
     }
 
     /// Time the last arbitration took (µs; 0: none yet).
     pub fn arbitration_us(&self) -> u64 {
-        self.arbitration_us.load(Ordering::Relaxed)
+        self.arbitration_us.get()
     }
 
     /// When the backup was found lost and when the arbiter answered (Unix
     /// µs; 0: not yet).
     pub fn loss_times(&self) -> (u64, u64) {
-        (
-            self.lost_unix_us.load(Ordering::Relaxed),
-            self.decided_unix_us.load(Ordering::Relaxed),
-        )
+        (self.lost_unix_us.get(), self.decided_unix_us.get())
     }
 
     /// Entries and bytes shipped and ACKs received, added up over every
     /// backup this primary had (a re-protected pair goes on counting).
     pub fn channel_totals(&self) -> ChannelTotals {
-        // Relaxed: reporting counters.
         ChannelTotals {
-            entries_sent: self.entries_sent.load(Ordering::Relaxed),
-            entry_bytes_sent: self.entry_bytes_sent.load(Ordering::Relaxed),
-            acks: self.acks.load(Ordering::Relaxed),
+            entries_sent: self.entries_sent.get(),
+            entry_bytes_sent: self.entry_bytes_sent.get(),
+            acks: self.acks.get(),
         }
     }
 
     /// Backups lost so far.
     pub fn backup_losses(&self) -> u64 {
-        self.backup_losses.load(Ordering::Relaxed)
+        self.backup_losses.get()
     }
 
     /// Races for the next generation won after losing a backup.
     pub fn races_won(&self) -> u64 {
-        self.races_won.load(Ordering::Relaxed)
+        self.races_won.get()
     }
 
     /// Why the backup was lost, who won: the last state change's story.
@@ -305,16 +297,13 @@ impl DriverShared {
     fn publish(&self, p: &Primary, before: ChannelTotals) {
         let (replayed, ordinal) = p.replay();
         let now = before.plus(&p.stats());
-        // Relaxed: reporting values; releases are decided by the driver
-        // itself, never from these.
-        self.acked.store(p.acked_seq(), Ordering::Relaxed);
-        self.replayed.store(replayed, Ordering::Relaxed);
-        self.replay_ordinal.store(ordinal, Ordering::Relaxed);
-        self.last_sent.store(p.last_sent_seq(), Ordering::Relaxed);
-        self.entries_sent.store(now.entries_sent, Ordering::Relaxed);
-        self.entry_bytes_sent
-            .store(now.entry_bytes_sent, Ordering::Relaxed);
-        self.acks.store(now.acks, Ordering::Relaxed);
+        self.acked.set(p.acked_seq());
+        self.replayed.set(replayed);
+        self.replay_ordinal.set(ordinal);
+        self.last_sent.set(p.last_sent_seq());
+        self.entries_sent.set(now.entries_sent);
+        self.entry_bytes_sent.set(now.entry_bytes_sent);
+        self.acks.set(now.acks);
     }
 }
 
@@ -707,10 +696,7 @@ impl PrimaryDriver {
             last = Some(seq);
         });
         if n > 0 {
-            // Relaxed: a reporting counter.
-            self.counters
-                .released
-                .fetch_add(n as u64, Ordering::Relaxed);
+            self.counters.released.add(n as u64);
         }
         if let (Some(seq), State::Protected(p)) = (last, &mut self.state) {
             p.report_released(seq);
@@ -771,11 +757,8 @@ impl PrimaryDriver {
                 return Ok(());
             }
         };
-        self.shared
-            .lost_unix_us
-            .store(crate::golive::unix_us(), Ordering::Relaxed);
-        // Relaxed: a reporting counter.
-        self.shared.backup_losses.fetch_add(1, Ordering::Relaxed);
+        self.shared.lost_unix_us.set(crate::golive::unix_us());
+        self.shared.backup_losses.add(1);
         self.cause = ftvm_vmm::error_chain(&error);
         let generation = self.pair.generation + 1;
         self.take_outputs();
@@ -816,16 +799,13 @@ impl PrimaryDriver {
         );
         self.shared
             .arbitration_us
-            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        self.shared
-            .decided_unix_us
-            .store(crate::golive::unix_us(), Ordering::Relaxed);
+            .set(started.elapsed().as_micros() as u64);
+        self.shared.decided_unix_us.set(crate::golive::unix_us());
         match decision {
             Ok(Decision::Won) => {
                 self.pair.generation = generation;
-                self.shared.generation.store(generation, Ordering::Relaxed);
-                // Relaxed: a reporting counter.
-                self.shared.races_won.fetch_add(1, Ordering::Relaxed);
+                self.shared.generation.set(generation);
+                self.shared.races_won.add(1);
                 let held = self.gate.held();
                 self.state = State::Unprotected(consumer);
                 let msg = format!(

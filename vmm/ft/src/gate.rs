@@ -3,10 +3,10 @@
 //! (`crate::driver`). Inline and threaded drivers take them the same way.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
+use ftvm_vmm::Counter;
 use ftvm_vmm::{OutputGate, Release};
 use ftvm_wire::Kind;
 
@@ -19,9 +19,9 @@ pub(crate) type Submitted = (u64, Instant, Release);
 #[derive(Debug, Default)]
 pub struct GateCounters {
     /// Outputs submitted in record mode.
-    pub submitted: AtomicU64,
+    pub submitted: Counter,
     /// Outputs released by the driver.
-    pub released: AtomicU64,
+    pub released: Counter,
     /// Submit-to-release time of each released output (the driver
     /// observes it with the clock reading it releases by).
     pub release_latency: crate::metrics::LatencyHistogram,
@@ -30,10 +30,7 @@ pub struct GateCounters {
 impl GateCounters {
     /// Outputs waiting now.
     pub fn held(&self) -> u64 {
-        // Relaxed: approximate reporting counters.
-        self.submitted
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.released.load(Ordering::Relaxed))
+        self.submitted.get().saturating_sub(self.released.get())
     }
 }
 
@@ -57,8 +54,7 @@ impl OutputGate for ChannelGate {
             // Live mode: nothing to wait for.
             None => release(),
             Some(seq) => {
-                // Relaxed: a reporting counter.
-                self.counters.submitted.fetch_add(1, Ordering::Relaxed);
+                self.counters.submitted.add(1);
                 // The receiver lives as long as the driver; once it is gone
                 // the output stays held forever — never released without
                 // the fence's consent.

@@ -22,11 +22,12 @@
 //!   naming the winner. While the arbiter is unreachable it keeps trying
 //!   and nothing goes live.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ftvm_arbiter::Decision;
+use ftvm_vmm::Counter;
 use ftvm_vmm::{Failover, FailoverError, GoLive, ImmediateGate, KeptOutput, LogEnd};
 use ftvm_wire::Kind;
 
@@ -147,7 +148,7 @@ pub struct BackupStatus {
     /// Replay counters.
     pub replay: Arc<crate::source::SourceStats>,
     phase: AtomicU8,
-    generation: AtomicU64,
+    generation: Counter,
     vm: Mutex<String>,
     timeline: Mutex<Timeline>,
     /// Once live and recording for a next backup: that side's view.
@@ -163,7 +164,7 @@ impl BackupStatus {
 
     /// The generation the backup runs at (the pair's, then the one it won).
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Relaxed)
+        self.generation.get()
     }
 
     /// The VM's name.
@@ -201,7 +202,7 @@ impl BackupStatus {
     /// The handshake named the pair.
     pub(crate) fn paired(&self, vm: &str, generation: u64) {
         *self.vm.lock().unwrap_or_else(PoisonError::into_inner) = vm.to_string();
-        self.generation.store(generation, Ordering::Relaxed);
+        self.generation.set(generation);
         self.set_phase(BackupPhase::Replaying);
     }
 
@@ -318,7 +319,7 @@ impl Failover for BackupFailover {
             }
         }
         self.pair.generation = generation;
-        status.generation.store(generation, Ordering::Relaxed);
+        status.generation.set(generation);
         let served = self
             .service
             .take_over()

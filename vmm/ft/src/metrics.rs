@@ -25,6 +25,8 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
+use ftvm_vmm::Counter;
+
 use crate::golive::{BackupPhase, BackupStatus};
 use crate::status::PrimaryView;
 
@@ -225,8 +227,7 @@ impl PrimaryMetrics {
 
     /// Registers every primary metric into `r`.
     fn register(&self, r: &mut Registry) {
-        // Relaxed: reporting counters.
-        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let ld = |a: &Counter| a.get();
         let (sh, g, st) = (&self.view.shared, &self.view.gate, &self.view.sink);
         counter(
             r,
@@ -391,8 +392,7 @@ const BACKUP_PHASES: [&str; 7] = [
 
 /// The text format of every backup metric (docs/operations.md).
 pub fn encode_backup(status: &BackupStatus) -> String {
-    // Relaxed: reporting counters.
-    let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let ld = |a: &Counter| a.get();
     let st = &status.replay;
     let t = status.timeline();
     let phase = status.phase();

@@ -22,11 +22,12 @@
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ftvm_channel::{AppendError, Appender};
+use ftvm_vmm::Counter;
 use ftvm_vmm::log::{LogSink, LogSinkError};
 use ftvm_vmm::{EventSource, EventSourceError, PollPoint};
 use ftvm_wire::Header;
@@ -42,23 +43,23 @@ const MAX_LAG_SLEEP: Duration = Duration::from_millis(20);
 #[derive(Debug, Default)]
 pub struct SinkStats {
     /// Entries appended.
-    pub entries: AtomicU64,
+    pub entries: Counter,
     /// Entry bytes appended (whole frames).
-    pub bytes: AtomicU64,
+    pub bytes: Counter,
     /// Exit ordinal of the last entry.
-    pub exit_ordinal: AtomicU64,
+    pub exit_ordinal: Counter,
     /// Times the vCPU waited on a full ring.
-    pub full_waits: AtomicU64,
+    pub full_waits: Counter,
     /// Time the vCPU spent waiting on a full ring (µs).
-    pub full_wait_us: AtomicU64,
+    pub full_wait_us: Counter,
     /// Lag-control sleeps.
-    pub lag_sleeps: AtomicU64,
+    pub lag_sleeps: Counter,
     /// Time slept by lag control (µs).
-    pub lag_sleep_us: AtomicU64,
+    pub lag_sleep_us: Counter,
     /// Replay lag seen at the last check (µs).
-    pub lag_us: AtomicU64,
+    pub lag_us: Counter,
     /// Largest replay lag seen (µs).
-    pub max_lag_us: AtomicU64,
+    pub max_lag_us: Counter,
 }
 
 /// A driver on a channel thread of its own.
@@ -223,17 +224,14 @@ impl ChannelSink {
         self.samples.push_back((seq, now));
         let lag = self.lag(now);
         let lag_us = lag.as_micros() as u64;
-        // Relaxed: reporting counters.
-        self.stats.lag_us.store(lag_us, Ordering::Relaxed);
-        self.stats.max_lag_us.fetch_max(lag_us, Ordering::Relaxed);
+        self.stats.lag_us.set(lag_us);
+        self.stats.max_lag_us.max(lag_us);
         if lag > self.lag_limit {
             // Proportional: the further behind, the longer the guest pauses.
             let pause = ((lag - self.lag_limit) / 4).min(MAX_LAG_SLEEP);
             std::thread::sleep(pause);
-            self.stats.lag_sleeps.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .lag_sleep_us
-                .fetch_add(pause.as_micros() as u64, Ordering::Relaxed);
+            self.stats.lag_sleeps.add(1);
+            self.stats.lag_sleep_us.add(pause.as_micros() as u64);
         }
     }
 }
@@ -266,20 +264,13 @@ impl LogSink for ChannelSink {
                 }
             }
         }
-        // Relaxed: reporting counters.
         if let Some(t) = waited {
-            self.stats.full_waits.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .full_wait_us
-                .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+            self.stats.full_waits.add(1);
+            self.stats.full_wait_us.add(t.elapsed().as_micros() as u64);
         }
-        self.stats.entries.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .bytes
-            .fetch_add(header.frame_len() as u64, Ordering::Relaxed);
-        self.stats
-            .exit_ordinal
-            .store(header.exit_ordinal, Ordering::Relaxed);
+        self.stats.entries.add(1);
+        self.stats.bytes.add(header.frame_len() as u64);
+        self.stats.exit_ordinal.set(header.exit_ordinal);
         self.lag_control(header.seq);
         Ok(())
     }

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use ftvm_channel::{Backup, BackupHandle, ChannelError, ReplayFeed, STOP_SEND_WAIT};
 use ftvm_ring::idle::Idler;
+use ftvm_vmm::Counter;
 use ftvm_vmm::log::{LogEntry, LogSource, LogSourceError, SourcePoll};
 use ftvm_wire::Frame;
 use ftvm_wire::control::StopCause;
@@ -33,25 +34,24 @@ use crate::golive::BackupStatus;
 #[derive(Debug, Default)]
 pub struct SourceStats {
     /// Entries handed to the replayer.
-    pub replayed: AtomicU64,
+    pub replayed: Counter,
     /// Exit ordinal of the last entry handed out.
-    pub exit_ordinal: AtomicU64,
+    pub exit_ordinal: Counter,
     /// Entries received but not yet replayed.
-    pub backlog: AtomicU64,
+    pub backlog: Counter,
     /// Log entries received and validated (threaded mode: as drained).
-    pub received: AtomicU64,
+    pub received: Counter,
     /// Bytes of those entries (threaded mode: when the channel ends).
-    pub received_bytes: AtomicU64,
+    pub received_bytes: Counter,
     /// ACK frames sent (threaded mode: when the channel ends).
-    pub acks_sent: AtomicU64,
+    pub acks_sent: Counter,
 }
 
 impl SourceStats {
     fn publish(&self, s: &ftvm_channel::BackupStats) {
-        // Relaxed: reporting counters.
-        self.received.store(s.entries, Ordering::Relaxed);
-        self.received_bytes.store(s.entry_bytes, Ordering::Relaxed);
-        self.acks_sent.store(s.acks, Ordering::Relaxed);
+        self.received.set(s.entries);
+        self.received_bytes.set(s.entry_bytes);
+        self.acks_sent.set(s.acks);
     }
 }
 
@@ -200,15 +200,14 @@ impl ChannelSource {
             Drive::Threaded { feed, handle } => {
                 let finished = handle.as_ref().is_none_or(BackupHandle::is_finished);
                 let n = feed.drain(|f| buf.push_back(owned(f)));
-                // Relaxed: a reporting counter.
-                self.stats.received.fetch_add(n as u64, Ordering::Relaxed);
+                self.stats.received.add(n as u64);
                 if let Some(h) = handle.as_ref() {
                     self.released.store(h.released_seq(), Ordering::Relaxed);
                 }
                 if finished {
                     // Everything the thread received before it stopped is drained.
                     let n = feed.drain(|f| buf.push_back(owned(f)));
-                    self.stats.received.fetch_add(n as u64, Ordering::Relaxed);
+                    self.stats.received.add(n as u64);
                     let stats = &self.stats;
                     Some(match handle.take() {
                         Some(mut h) => h
@@ -254,14 +253,9 @@ impl LogSource for ChannelSource {
         // The previous entry has been applied by the replayer.
         let seq = entry.header.seq;
         self.report_replayed(seq - 1, entry.header.exit_ordinal);
-        // Relaxed: reporting counters.
-        self.stats.replayed.store(seq - 1, Ordering::Relaxed);
-        self.stats
-            .exit_ordinal
-            .store(entry.header.exit_ordinal, Ordering::Relaxed);
-        self.stats
-            .backlog
-            .store(self.buf.len() as u64, Ordering::Relaxed);
+        self.stats.replayed.set(seq - 1);
+        self.stats.exit_ordinal.set(entry.header.exit_ordinal);
+        self.stats.backlog.set(self.buf.len() as u64);
         Ok(SourcePoll::Entry(entry))
     }
 }

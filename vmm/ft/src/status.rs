@@ -81,8 +81,6 @@ impl PrimaryView {
 
     /// The report now.
     pub fn report(&self) -> PrimaryReport {
-        // Relaxed: reporting counters.
-        let r = std::sync::atomic::Ordering::Relaxed;
         let (sh, st) = (&self.shared, &self.sink);
         let (replayed, replay_ordinal) = sh.replay();
         let (lost, decided) = sh.loss_times();
@@ -90,20 +88,20 @@ impl PrimaryView {
             generation: sh.generation(),
             protection: sh.protection().name(),
             note: sh.note(),
-            exit_ordinal: st.exit_ordinal.load(r),
-            last_seq_appended: st.entries.load(r),
+            exit_ordinal: st.exit_ordinal.get(),
+            last_seq_appended: st.entries.get(),
             last_seq_sent: sh.last_sent_seq(),
             last_seq_acked: sh.acked_seq(),
             last_seq_replayed: replayed,
             replay_exit_ordinal: replay_ordinal,
-            lag_us: st.lag_us.load(r),
-            max_lag_us: st.max_lag_us.load(r),
+            lag_us: st.lag_us.get(),
+            max_lag_us: st.max_lag_us.get(),
             lag_limit_us: self.lag_limit_us,
-            lag_sleeps: st.lag_sleeps.load(r),
-            ring_full_waits: st.full_waits.load(r),
+            lag_sleeps: st.lag_sleeps.get(),
+            ring_full_waits: st.full_waits.get(),
             held_outputs: self.gate.held(),
-            released_outputs: self.gate.released.load(r),
-            bytes_logged: st.bytes.load(r),
+            released_outputs: self.gate.released.get(),
+            bytes_logged: st.bytes.get(),
             arbitration_us: sh.arbitration_us(),
             backup_lost_unix_us: lost,
             decided_unix_us: decided,

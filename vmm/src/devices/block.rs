@@ -45,7 +45,6 @@ use std::fs::File;
 use std::ops::RangeInclusive;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 pub use ftvm_tuning::DiskMode;
@@ -55,6 +54,7 @@ use crate::device::{Device, DeviceError, ExitCtx, out_u32};
 use crate::journal::{Divergence, Mode};
 use crate::layout::DEV_REGION;
 use crate::payload::fnv1a64;
+use crate::stats::Counter;
 
 /// Payload of a local-disk `DiskRead` entry: `u32 status | u32 form (1) |
 /// u32 len | u32 0 | u64 FNV-1a 64 of the data`. The shared form has `0` in
@@ -93,29 +93,17 @@ pub enum BlockSetupError {
 #[derive(Debug, Default)]
 pub struct BlockStats {
     /// Read requests completed.
-    pub reads: AtomicU64,
+    pub reads: Counter,
     /// Write requests completed.
-    pub writes: AtomicU64,
+    pub writes: Counter,
     /// Bytes read.
-    pub read_bytes: AtomicU64,
+    pub read_bytes: Counter,
     /// Bytes written.
-    pub write_bytes: AtomicU64,
+    pub write_bytes: Counter,
     /// Writes whose release failed on the host.
-    pub write_errors: AtomicU64,
+    pub write_errors: Counter,
     /// Doorbell exits.
-    pub doorbells: AtomicU64,
-}
-
-impl BlockStats {
-    /// A counter's value (Relaxed: statistics only).
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
-    }
-
-    fn add(c: &AtomicU64, n: u64) {
-        // Relaxed: statistics only, no data rides on them.
-        c.fetch_add(n, Ordering::Relaxed);
-    }
+    pub doorbells: Counter,
 }
 
 /// Writes handed to the output gate but not yet in the file, per sector.
@@ -486,8 +474,8 @@ impl Block {
             return match st {
                 Some(status::OK) if data.len() == 8 + len => {
                     mem.write(buf, &data[8..])?;
-                    BlockStats::add(&self.stats.reads, 1);
-                    BlockStats::add(&self.stats.read_bytes, len as u64);
+                    self.stats.reads.add(1);
+                    self.stats.read_bytes.add(len as u64);
                     Ok(status::OK)
                 }
                 Some(status::IO_ERROR) if data.len() == 8 => Ok(status::IO_ERROR),
@@ -516,14 +504,14 @@ impl Block {
         ctx.output(Kind::DiskWrite, port, &data, move || {
             let ok = file.is_some_and(|f| f.write_all_at(&bytes, offset).is_ok());
             if !ok {
-                BlockStats::add(&stats.write_errors, 1);
+                stats.write_errors.add(1);
             }
             if let (Some(held), Some(generation)) = (held, generation) {
                 lock_held(&held).released(sector, count, generation);
             }
         })?;
-        BlockStats::add(&self.stats.writes, 1);
-        BlockStats::add(&self.stats.write_bytes, len as u64);
+        self.stats.writes.add(1);
+        self.stats.write_bytes.add(len as u64);
         Ok(status::OK)
     }
 }
@@ -626,8 +614,8 @@ impl Block {
             .into());
         }
         ctx.mem().write(buf, &own)?;
-        BlockStats::add(&self.stats.reads, 1);
-        BlockStats::add(&self.stats.read_bytes, len as u64);
+        self.stats.reads.add(1);
+        self.stats.read_bytes.add(len as u64);
         Ok(status::OK)
     }
 
@@ -652,8 +640,8 @@ impl Block {
                 source,
             })?;
         self.written.mark(sector, (len as u64) / SECTOR);
-        BlockStats::add(&self.stats.writes, 1);
-        BlockStats::add(&self.stats.write_bytes, len as u64);
+        self.stats.writes.add(1);
+        self.stats.write_bytes.add(len as u64);
         Ok(status::OK)
     }
 }
@@ -672,7 +660,7 @@ impl Device for Block {
         match port {
             PORT_INFO => self.info(ctx, port, u64::from(value)),
             _ => {
-                BlockStats::add(&self.stats.doorbells, 1);
+                self.stats.doorbells.add(1);
                 self.doorbell(ctx, port)
             }
         }
@@ -798,8 +786,8 @@ mod tests {
         // The write reached the file (released at once by the gate).
         let file = std::fs::read(&path).unwrap();
         assert!(file[3 * 512..4 * 512].iter().all(|&b| b == 0xab));
-        assert_eq!(BlockStats::get(&dev.stats.reads), 1);
-        assert_eq!(BlockStats::get(&dev.stats.writes), 1);
+        assert_eq!(dev.stats.reads.get(), 1);
+        assert_eq!(dev.stats.writes.get(), 1);
 
         // Replay on fresh memory with no file: the same guest view.
         std::fs::remove_file(&path).unwrap();

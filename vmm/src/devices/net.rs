@@ -40,7 +40,6 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::ops::RangeInclusive;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use ftvm_wire::Kind;
@@ -48,6 +47,7 @@ use ftvm_wire::Kind;
 use crate::device::{Device, DeviceError, ExitCtx};
 use crate::layout::DEV_REGION;
 use crate::memory::GuestMemory;
+use crate::stats::Counter;
 
 /// Guest-visible constants of the NIC (`ftvm_guest_abi::nic`, shared with
 /// the guest driver `vmm/guests/net`).
@@ -84,29 +84,17 @@ pub enum NicSetupError {
 #[derive(Debug, Default)]
 pub struct NicStats {
     /// Datagrams placed in the rx ring.
-    pub rx_packets: AtomicU64,
+    pub rx_packets: Counter,
     /// `PacketRx` batches (one per exit that delivered).
-    pub rx_batches: AtomicU64,
+    pub rx_batches: Counter,
     /// Datagrams dropped because they exceed a slot (record/live).
-    pub rx_oversize: AtomicU64,
+    pub rx_oversize: Counter,
     /// Datagrams taken from the tx ring.
-    pub tx_packets: AtomicU64,
+    pub tx_packets: Counter,
     /// Datagrams the host socket failed to send at release.
-    pub tx_send_errors: AtomicU64,
+    pub tx_send_errors: Counter,
     /// Doorbell exits.
-    pub doorbells: AtomicU64,
-}
-
-impl NicStats {
-    /// A counter's value (Relaxed: statistics only, no data rides on them).
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
-    }
-
-    fn add(c: &AtomicU64, n: u64) {
-        // Relaxed: statistics only.
-        c.fetch_add(n, Ordering::Relaxed);
-    }
+    pub doorbells: Counter,
 }
 
 /// The NIC device (ports `0x40`), backed by a UDP socket on the host.
@@ -262,13 +250,13 @@ impl Nic {
                 // The socket at release time: a reply kept by a standby and
                 // re-sent at go-live leaves from the socket attached then.
                 if socket.get().is_none_or(|s| s.send_to(&bytes, to).is_err()) {
-                    NicStats::add(&stats.tx_send_errors, 1);
+                    stats.tx_send_errors.add(1);
                 }
             })?;
         }
         if pending > 0 {
             mem.write_u32(CTRL + TX_CONS, prod)?;
-            NicStats::add(&self.stats.tx_packets, u64::from(pending));
+            self.stats.tx_packets.add(u64::from(pending));
         }
         Ok(())
     }
@@ -306,8 +294,8 @@ impl Nic {
             return Ok(false);
         };
         let count = apply_batch(mem, &batch, prod, free, port)?;
-        NicStats::add(&self.stats.rx_packets, u64::from(count));
-        NicStats::add(&self.stats.rx_batches, 1);
+        self.stats.rx_packets.add(u64::from(count));
+        self.stats.rx_batches.add(1);
         Ok(count > 0)
     }
 }
@@ -344,7 +332,7 @@ fn collect_batch(
             }
         };
         if n > MAX_PACKET {
-            NicStats::add(&stats.rx_oversize, 1);
+            stats.rx_oversize.add(1);
             continue;
         }
         out.extend_from_slice(&(n as u32).to_le_bytes());
@@ -467,7 +455,7 @@ impl Device for Nic {
 
     fn io_out(&mut self, ctx: &mut ExitCtx<'_>, port: u16, data: &[u8]) -> Result<(), DeviceError> {
         crate::device::out_u32(port, data)?;
-        NicStats::add(&self.stats.doorbells, 1);
+        self.stats.doorbells.add(1);
         self.transmit(ctx, port)?;
         self.receive(ctx, port)?;
         Ok(())

@@ -26,12 +26,12 @@ fn primary_metrics_encode_as_documented() {
     let shared = Arc::new(DriverShared::new("kv", 3, Protection::Protected).unwrap());
     let gate = Arc::new(GateCounters::default());
     let sink = Arc::new(SinkStats::default());
-    sink.entries.store(10, Ordering::Relaxed);
-    sink.bytes.store(1_280, Ordering::Relaxed);
-    sink.lag_us.store(1_500, Ordering::Relaxed);
-    sink.full_wait_us.store(2_000_000, Ordering::Relaxed);
-    gate.submitted.store(4, Ordering::Relaxed);
-    gate.released.store(3, Ordering::Relaxed);
+    sink.entries.set(10);
+    sink.bytes.set(1_280);
+    sink.lag_us.set(1_500);
+    sink.full_wait_us.set(2_000_000);
+    gate.submitted.set(4);
+    gate.released.set(3);
     for us in [20, 40, 300] {
         gate.release_latency.observe(Duration::from_micros(us));
     }
@@ -104,8 +104,8 @@ fn every_protection_state_is_exported() {
 fn backup_metrics_encode_as_documented() {
     let status = BackupStatus::default();
     status.paired("kv-1", 2);
-    status.replay.replayed.store(42, Ordering::Relaxed);
-    status.replay.received.store(43, Ordering::Relaxed);
+    status.replay.replayed.set(42);
+    status.replay.received.set(43);
     let samples = parse(&encode_backup(&status));
     assert_eq!(value(&samples, "ftvm_last_seq_replayed", None), 42.0);
     assert_eq!(

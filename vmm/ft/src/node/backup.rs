@@ -201,7 +201,7 @@ pub fn run_backup(mut c: VmConfig, node: BackupNode) -> Result<RunOutcome, NodeE
                 "stopped on request ({}) at exit {}, last seq replayed {}",
                 status.phase().name(),
                 outcome.exits,
-                stats.replayed.load(Ordering::Relaxed)
+                stats.replayed.get()
             ),
         );
     }
@@ -287,16 +287,15 @@ fn spare(
 /// timeline and, once live, its own protection.
 fn serve_status(addr: &str, status: Arc<BackupStatus>) -> Result<String, NodeError> {
     let snapshot = move || {
-        let r = Ordering::Relaxed;
         let st = &status.replay;
         serde_json::json!({
             "role": "backup",
             "vm": status.vm(),
             "generation": status.generation(),
             "phase": status.phase().name(),
-            "exit_ordinal": st.exit_ordinal.load(r),
-            "last_seq_replayed": st.replayed.load(r),
-            "received_not_replayed": st.backlog.load(r),
+            "exit_ordinal": st.exit_ordinal.get(),
+            "last_seq_replayed": st.replayed.get(),
+            "received_not_replayed": st.backlog.get(),
             "failover": status.timeline(),
             // Live and recording for a next backup (--spare, --find-spares).
             "protection": status.live().map(|l| l.shared.protection().name()),

@@ -168,7 +168,6 @@ pub fn run_primary(mut c: VmConfig, node: PrimaryNode) -> Result<RunOutcome, Nod
         },
         e => e,
     })?;
-    let r = Ordering::Relaxed;
     let summary = match shared.channel_stats() {
         Some(stats) => format!(
             "channel: {} entries, {} bytes in {} sends, {} ACKs; outputs released {}; ring full {} times; lag max {} us, {} lag-control sleeps ({} us)",
@@ -176,18 +175,18 @@ pub fn run_primary(mut c: VmConfig, node: PrimaryNode) -> Result<RunOutcome, Nod
             stats.entry_bytes_sent,
             stats.link.sends,
             stats.acks,
-            gate_counters.released.load(r),
-            sink_stats.full_waits.load(r),
-            sink_stats.max_lag_us.load(r),
-            sink_stats.lag_sleeps.load(r),
-            sink_stats.lag_sleep_us.load(r),
+            gate_counters.released.get(),
+            sink_stats.full_waits.get(),
+            sink_stats.max_lag_us.get(),
+            sink_stats.lag_sleeps.get(),
+            sink_stats.lag_sleep_us.get(),
         ),
         None => format!(
             "stopped {} at generation {} ({}); outputs released {}",
             shared.protection().name(),
             shared.generation(),
             shared.note(),
-            gate_counters.released.load(r)
+            gate_counters.released.get()
         ),
     };
     notice("primary", &summary);
