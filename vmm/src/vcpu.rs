@@ -2,7 +2,7 @@
 //! dirty-logged memory slot (its log is read through `dirty.rs` only), one
 //! vCPU, owned exit values, interrupt injection without an in-kernel
 //! irqchip, register snapshots for crash reports, and the vCPU's save and
-//! restore (`vcpu/persist.rs`). Policy lives in `vm.rs`.
+//! restore (`vcpu/persist.rs`). Policy lives in `vm/`.
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -43,7 +43,7 @@ pub enum Exit {
         /// Access size.
         size: usize,
     },
-    /// `in`: port and size; answer with [`Vcpu::complete_in`].
+    /// `in`: port and size, already answered inside [`Vcpu::run`].
     IoIn {
         /// Port.
         port: u16,
@@ -206,8 +206,15 @@ impl Machine {
 }
 
 impl Vcpu {
-    /// Enters the guest until the next exit.
-    pub fn run(&mut self) -> Result<Exit, KvmError> {
+    /// Enters the guest until the next exit. An `in` is answered inside
+    /// its exit, as kvm-ioctls intends: the data buffer it lends from
+    /// `kvm_run` must be filled before the next entry, so `answer_in(port,
+    /// data)` fills it there and the exit comes back as [`Exit::IoIn`],
+    /// answered (or with the answer's error).
+    pub fn run<E: From<KvmError>>(
+        &mut self,
+        answer_in: impl FnOnce(u16, &mut [u8]) -> Result<(), E>,
+    ) -> Result<Exit, E> {
         let exit = match self.fd.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
                 let mut d = [0u8; 4];
@@ -219,10 +226,11 @@ impl Vcpu {
                     size,
                 }
             }
-            Ok(VcpuExit::IoIn(port, data)) => Exit::IoIn {
-                port,
-                size: data.len(),
-            },
+            Ok(VcpuExit::IoIn(port, data)) => {
+                let size = data.len();
+                answer_in(port, data)?;
+                Exit::IoIn { port, size }
+            }
             Ok(VcpuExit::Hlt) => Exit::Hlt,
             Ok(VcpuExit::MmioRead(addr, data)) => Exit::MmioRead {
                 addr,
@@ -247,26 +255,11 @@ impl Vcpu {
                 return Err(KvmError {
                     op: "run vCPU",
                     source: e,
-                });
+                }
+                .into());
             }
         };
         Ok(exit)
-    }
-
-    /// Supplies the value of the pending `in` before the next [`Vcpu::run`].
-    pub fn complete_in(&mut self, data: &[u8]) {
-        let run = self.fd.get_kvm_run();
-        // SAFETY: the last exit was KVM_EXIT_IO (direction in), so the `io`
-        // member of the union is active.
-        let io = unsafe { run.__bindgen_anon_1.io };
-        let len = (io.size as usize * io.count as usize).min(data.len());
-        let base: *mut u8 = (run as *mut kvm_bindings::kvm_run).cast();
-        // SAFETY: KVM places the I/O data at `data_offset` inside the kvm_run
-        // mapping (of vcpu mmap size, which covers `data_offset + size*count`);
-        // `len` is at most that size. Nothing else aliases the mapping now.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(io.data_offset as usize), len)
-        };
     }
 
     /// Whether an interrupt can be injected now: (KVM ready, guest IF).

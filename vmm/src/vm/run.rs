@@ -79,10 +79,7 @@ impl Vm {
         loop {
             state = match state {
                 VcpuState::Running => self.running()?,
-                VcpuState::Exited(exit) => {
-                    self.persist.on_exit();
-                    self.exited(exit)?
-                }
+                VcpuState::Exited(exit) => self.exited(exit)?,
                 VcpuState::Waiting(timeout_us) => self.waiting(timeout_us)?,
                 VcpuState::ExitDone => {
                     let next = self.exit_done()?;
@@ -99,10 +96,47 @@ impl Vm {
 
     pub(super) fn running(&mut self) -> Result<VcpuState, VmError> {
         loop {
-            let exit = self.machine.vcpu.run()?;
+            let mut unclaimed = false;
+            // An `in` is answered inside its exit (`Vcpu::run`): the start
+            // of every guest exit (ordinal, stamp, fresh requests), then the
+            // device, all while KVM lends the data buffer.
+            let exit = self.machine.vcpu.run(|port, data| {
+                self.ordinal += 1;
+                self.journal.ordinal = self.ordinal;
+                self.persist.on_exit();
+                self.requests = ExitRequests::default();
+                self.journal.mid_exit = true;
+                let Some(i) = self.port_map[port as usize] else {
+                    unclaimed = true;
+                    return Ok(());
+                };
+                let ordinal = self.ordinal;
+                let mut ctx = ExitCtx {
+                    mem: &self.mem,
+                    journal: &mut self.journal,
+                    ordinal,
+                    requests: &mut self.requests,
+                };
+                let dev = &mut self.devices[i as usize];
+                let n = data.len().min(4);
+                dev.io_in(&mut ctx, port, &mut data[..n])
+                    .map_err(|source| VmError::Device {
+                        device: dev.name(),
+                        port,
+                        ordinal,
+                        source,
+                    })
+            })?;
+            if let Exit::IoIn { port, size } = exit {
+                if unclaimed {
+                    return Err(self.unclaimed(port, "in", size));
+                }
+                return Ok(VcpuState::Exited(exit));
+            }
             if exit.is_guest_initiated() {
                 self.ordinal += 1;
                 self.journal.ordinal = self.ordinal;
+                self.persist.on_exit();
                 return Ok(VcpuState::Exited(exit));
             }
             match exit {
@@ -153,6 +187,10 @@ impl Vm {
     }
 
     pub(super) fn exited(&mut self, exit: Exit) -> Result<VcpuState, VmError> {
+        if let Exit::IoIn { .. } = exit {
+            // Answered inside the exit (`running`): its requests are in.
+            return self.after_requests();
+        }
         self.requests = ExitRequests::default();
         self.journal.mid_exit = true;
         match exit {
@@ -170,24 +208,6 @@ impl Vm {
                         ordinal,
                         source,
                     })?;
-                self.after_requests()
-            }
-            Exit::IoIn { port, size } => {
-                let Some(i) = self.port_map[port as usize] else {
-                    return Err(self.unclaimed(port, "in", size));
-                };
-                let ordinal = self.ordinal;
-                let mut data = [0u8; 4];
-                let (mut ctx, devices) = self.ctx();
-                let dev = &mut devices[i as usize];
-                dev.io_in(&mut ctx, port, &mut data[..size.min(4)])
-                    .map_err(|source| VmError::Device {
-                        device: dev.name(),
-                        port,
-                        ordinal,
-                        source,
-                    })?;
-                self.machine.vcpu.complete_in(&data[..size.min(4)]);
                 self.after_requests()
             }
             Exit::Hlt => {
