@@ -100,35 +100,81 @@ fn segment(selector: u16, type_: u8, dpl: u8, long: bool) -> kvm_segment {
     }
 }
 
+/// Why a guest image cannot be booted: its runtime header or the handler
+/// addresses it names (`docs/guest-abi.md` §3).
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The image is too short for a header word.
+    #[error("image of {len} bytes has no header word at offset {offset}")]
+    NoHeaderWord {
+        /// Image size.
+        len: usize,
+        /// Offset of the word.
+        offset: usize,
+    },
+    /// The header's magic is not the runtime's.
+    #[error(
+        "image header magic {found:#018x} at offset 8 is not {IMAGE_MAGIC:#018x} (not built with ftvm-rt?)"
+    )]
+    BadMagic {
+        /// The magic found.
+        found: u64,
+    },
+    /// The handler table or the timer entry lies outside the image.
+    #[error(
+        "handler table {table:#x} or timer entry {timer:#x} outside the image {start:#x}..{end:#x}"
+    )]
+    TableOutside {
+        /// Handler table address.
+        table: u64,
+        /// Timer entry address.
+        timer: u64,
+        /// Image start.
+        start: u64,
+        /// Image end.
+        end: u64,
+    },
+    /// A fault handler lies outside the image.
+    #[error("fault handler {vector} at {handler:#x} outside the image")]
+    HandlerOutside {
+        /// Vector.
+        vector: u64,
+        /// Handler address.
+        handler: u64,
+    },
+    /// Guest memory refused a read or the IDT write.
+    #[error(transparent)]
+    Memory(#[from] GuestMemoryError),
+}
+
 /// Reads the runtime's image header (`docs/guest-abi.md` §3) and writes the
 /// IDT: vectors 0-31 to the image's fault stubs, 0x20 to its timer entry.
-pub fn write_idt(mem: &GuestMemory, image: &[u8]) -> Result<(), String> {
-    let word = |off: usize| -> Result<u64, String> {
+pub fn write_idt(mem: &GuestMemory, image: &[u8]) -> Result<(), ImageError> {
+    let word = |offset: usize| -> Result<u64, ImageError> {
         image
-            .get(off..off + 8)
+            .get(offset..offset + 8)
             .and_then(|b| b.try_into().ok())
             .map(u64::from_le_bytes)
-            .ok_or_else(|| {
-                format!(
-                    "image of {} bytes has no header word at offset {off}",
-                    image.len()
-                )
+            .ok_or(ImageError::NoHeaderWord {
+                len: image.len(),
+                offset,
             })
     };
     let magic = word(8)?;
     if magic != IMAGE_MAGIC {
-        return Err(format!(
-            "image header magic {magic:#018x} at offset 8 is not {IMAGE_MAGIC:#018x} (not built with ftvm-rt?)"
-        ));
+        return Err(ImageError::BadMagic { found: magic });
     }
     let table = word(16)?;
     let timer = word(24)?;
     let image_end = IMAGE_ADDR + image.len() as u64;
     let inside = |a: u64| (IMAGE_ADDR..image_end).contains(&a);
     if !inside(table) || !inside(table + 32 * 8 - 1) || !inside(timer) {
-        return Err(format!(
-            "handler table {table:#x} or timer entry {timer:#x} outside the image {IMAGE_ADDR:#x}..{image_end:#x}"
-        ));
+        return Err(ImageError::TableOutside {
+            table,
+            timer,
+            start: IMAGE_ADDR,
+            end: image_end,
+        });
     }
     let mut idt = vec![0u8; (IDT_ENTRIES * 16) as usize];
     let mut set = |v: usize, handler: u64| {
@@ -141,14 +187,17 @@ pub fn write_idt(mem: &GuestMemory, image: &[u8]) -> Result<(), String> {
         idt[v * 16 + 8..v * 16 + 16].copy_from_slice(&(handler >> 32).to_le_bytes());
     };
     for v in 0..32u64 {
-        let h = mem.read_u64(table + 8 * v).map_err(|e| e.to_string())?;
+        let h = mem.read_u64(table + 8 * v)?;
         if !inside(h) {
-            return Err(format!("fault handler {v} at {h:#x} outside the image"));
+            return Err(ImageError::HandlerOutside {
+                vector: v,
+                handler: h,
+            });
         }
         set(v as usize, h);
     }
     set(TIMER_VECTOR as usize, timer);
-    mem.write(IDT_ADDR, &idt).map_err(|e| e.to_string())
+    Ok(mem.write(IDT_ADDR, &idt)?)
 }
 
 /// Special registers for the first instruction (long mode, ring `cpl`).

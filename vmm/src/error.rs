@@ -1,23 +1,105 @@
 //! [`VmError`]: everything that can go wrong building or running a VM, with
 //! the values (port, exit ordinal, registers) that locate it.
 
+use crate::boot::ImageError;
 use crate::device::DeviceError;
-use crate::journal::{Divergence, LogError};
-use crate::memory::MapGuestMemoryError;
+use crate::devices::block::BlockSetupError;
+use crate::devices::net::NicSetupError;
+use crate::journal::{Divergence, LogError, Mode};
+use crate::memory::{GuestMemoryError, MapGuestMemoryError};
 use crate::vcpu::{KvmError, RegsSnapshot};
+
+/// The values a configuration key accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allowed {
+    /// `min..=max`.
+    Range {
+        /// Smallest.
+        min: u64,
+        /// Largest.
+        max: u64,
+    },
+    /// One of these.
+    OneOf(&'static [u64]),
+    /// At least this.
+    AtLeast(u64),
+}
+
+impl std::fmt::Display for Allowed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Allowed::Range { min, max } => write!(f, "must be in {min}..={max}"),
+            Allowed::OneOf(v) => {
+                let v: Vec<String> = v.iter().map(u64::to_string).collect();
+                write!(f, "must be {}", v.join(" or "))
+            }
+            Allowed::AtLeast(n) => write!(f, "must be at least {n}"),
+        }
+    }
+}
+
+/// Why the guest stopped abnormally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CrashReason {
+    /// Triple fault.
+    Shutdown,
+    /// KVM could not emulate or run the guest.
+    KvmInternal {
+        /// KVM's suberror.
+        suberror: u32,
+    },
+    /// VM entry failed.
+    FailEntry {
+        /// Hardware reason.
+        reason: u64,
+    },
+    /// `hlt` with interrupts off and no timer: nothing can wake it.
+    HltWithInterruptsOff,
+    /// A memory access outside guest memory (there are no MMIO devices).
+    Mmio {
+        /// "read" or "write".
+        dir: &'static str,
+        /// Bytes.
+        size: usize,
+        /// Guest-physical address.
+        gpa: u64,
+    },
+    /// An exit the VMM does not handle (KVM's name of it).
+    UnexpectedExit(String),
+}
+
+impl std::fmt::Display for CrashReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CrashReason::Shutdown => write!(f, "shutdown (triple fault)"),
+            CrashReason::KvmInternal { suberror } => {
+                write!(f, "KVM internal error, suberror {suberror}")
+            }
+            CrashReason::FailEntry { reason } => {
+                write!(f, "VM entry failed, hardware reason {reason:#x}")
+            }
+            CrashReason::HltWithInterruptsOff => write!(f, "hlt with interrupts disabled"),
+            CrashReason::Mmio { dir, size, gpa } => write!(
+                f,
+                "{dir} of {size} bytes at gpa {gpa:#x} outside guest memory (no MMIO devices)"
+            ),
+            CrashReason::UnexpectedExit(e) => write!(f, "unexpected exit {e}"),
+        }
+    }
+}
 
 /// Building or running a VM failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     /// A configuration value is out of range.
-    #[error("vmm.{key} = {value} is invalid: {detail}")]
+    #[error("vmm.{key} = {value} is invalid: {allowed}")]
     Config {
         /// Settings key.
         key: &'static str,
         /// The value.
-        value: String,
-        /// Allowed values.
-        detail: String,
+        value: u64,
+        /// What it accepts.
+        allowed: Allowed,
     },
     /// No embedded guest has this name.
     #[error("unknown guest {name:?} (known: {known})")]
@@ -36,12 +118,22 @@ pub enum VmError {
         max: u64,
     },
     /// The image lacks the runtime's header or names bad handler addresses.
-    #[error("guest image {guest:?}: {detail}")]
+    #[error("guest image {guest:?}")]
     BadImage {
         /// Guest name.
         guest: String,
         /// What was wrong.
-        detail: String,
+        #[source]
+        source: ImageError,
+    },
+    /// Writing the boot tables or the image into guest memory failed.
+    #[error("{what}")]
+    Boot {
+        /// What was being written.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: GuestMemoryError,
     },
     /// Mapping guest memory failed.
     #[error(transparent)]
@@ -59,13 +151,35 @@ pub enum VmError {
         /// Later device.
         second: &'static str,
     },
-    /// A device could not be set up.
-    #[error("{device} device: {detail}")]
-    DeviceSetup {
-        /// Device.
-        device: &'static str,
-        /// What failed.
-        detail: String,
+    /// The service NIC could not be set up.
+    #[error("net device")]
+    Nic(#[source] NicSetupError),
+    /// The disk could not be opened.
+    #[error("block device")]
+    Disk(#[source] BlockSetupError),
+    /// `--disk-mode local` without this side's own disk file.
+    #[error("block device: disk mode local needs this side's own copy of the disk (--disk FILE)")]
+    LocalDiskMissing,
+    /// More devices than the port map can name.
+    #[error("{count} devices (at most {max})")]
+    TooManyDevices {
+        /// Devices given.
+        count: usize,
+        /// The most there may be.
+        max: usize,
+    },
+    /// The eventfd for exit-boundary requests could not be made.
+    #[error("eventfd for exit-boundary requests")]
+    BoundaryEventFd(#[source] std::io::Error),
+    /// An operation that needs another run mode.
+    #[error("{op} needs {needs}, this one is {mode:?}")]
+    WrongMode {
+        /// The operation.
+        op: &'static str,
+        /// The mode(s) it needs.
+        needs: &'static str,
+        /// The VM's mode.
+        mode: Mode,
     },
     /// A device failed at an exit (includes replay divergence).
     #[error("{device} device, port {port:#x}, exit {ordinal}")]
@@ -107,7 +221,7 @@ pub enum VmError {
     #[error("guest crashed after exit {ordinal}: {reason} ({regs})")]
     GuestCrashed {
         /// The exit reason.
-        reason: String,
+        reason: Box<CrashReason>,
         /// Exit ordinal of the last guest exit.
         ordinal: u64,
         /// Registers.
@@ -196,5 +310,44 @@ impl VmError {
                 ..
             }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Typed values, the same words as before they were strings.
+    #[test]
+    fn config_and_crash_errors_name_their_values() {
+        let e = VmError::Config {
+            key: "mem_mib",
+            value: 32,
+            allowed: Allowed::Range { min: 48, max: 3072 },
+        };
+        assert_eq!(
+            e.to_string(),
+            "vmm.mem_mib = 32 is invalid: must be in 48..=3072"
+        );
+        assert_eq!(Allowed::OneOf(&[0, 3]).to_string(), "must be 0 or 3");
+        assert_eq!(Allowed::AtLeast(1).to_string(), "must be at least 1");
+        let mmio = CrashReason::Mmio {
+            dir: "write",
+            size: 4,
+            gpa: 0xfee0_0000,
+        };
+        assert_eq!(
+            mmio.to_string(),
+            "write of 4 bytes at gpa 0xfee00000 outside guest memory (no MMIO devices)"
+        );
+        let wrong = VmError::WrongMode {
+            op: "go_live",
+            needs: "a replaying VM",
+            mode: Mode::Record,
+        };
+        assert_eq!(
+            wrong.to_string(),
+            "go_live needs a replaying VM, this one is Record"
+        );
     }
 }

@@ -40,10 +40,7 @@ pub(crate) fn extra_devices(
     let mut v: Vec<Box<dyn Device>> = Vec::new();
     let disk_mode = config.disk_mode;
     if disk_mode == block::DiskMode::Local && config.disk.is_none() {
-        return Err(crate::vm::VmError::DeviceSetup {
-            device: "block",
-            detail: "disk mode local needs this side's own copy of the disk (--disk FILE)".into(),
-        });
+        return Err(crate::vm::VmError::LocalDiskMissing);
     }
     if mode == Mode::Replay {
         v.push(Box::new(net::Nic::detached()));
@@ -54,10 +51,7 @@ pub(crate) fn extra_devices(
         return Ok(v);
     }
     if let Some(addr) = config.service {
-        let nic = net::Nic::new(addr).map_err(|e| crate::vm::VmError::DeviceSetup {
-            device: "net",
-            detail: crate::error_chain(&e),
-        })?;
+        let nic = net::Nic::new(addr).map_err(crate::vm::VmError::Nic)?;
         v.push(Box::new(nic));
     }
     if let Some(path) = &config.disk {
@@ -70,8 +64,5 @@ fn open_disk(
     path: &std::path::Path,
     mode: block::DiskMode,
 ) -> Result<block::Block, crate::vm::VmError> {
-    block::Block::open_mode(path, mode).map_err(|e| crate::vm::VmError::DeviceSetup {
-        device: "block",
-        detail: crate::error_chain(&e),
-    })
+    block::Block::open_mode(path, mode).map_err(crate::vm::VmError::Disk)
 }

@@ -97,13 +97,7 @@ impl PersistParts {
         // SAFETY: eventfd has no memory preconditions; the result is checked.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
-            return Err(VmError::DeviceSetup {
-                device: "vm",
-                detail: format!(
-                    "eventfd for exit-boundary requests: {}",
-                    std::io::Error::last_os_error()
-                ),
-            });
+            return Err(VmError::BoundaryEventFd(std::io::Error::last_os_error()));
         }
         // SAFETY: `fd` is a new descriptor owned by nothing else.
         let wake = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -404,9 +398,10 @@ impl ExitBoundary<'_> {
                 self.vm.journal.switch(Some(sink));
                 Ok(())
             }
-            Mode::Replay => Err(VmError::DeviceSetup {
-                device: "vm",
-                detail: "record_into needs a live or recording VM, this one replays".into(),
+            Mode::Replay => Err(VmError::WrongMode {
+                op: "record_into",
+                needs: "a live or recording VM",
+                mode: Mode::Replay,
             }),
         }
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::boot;
 use crate::device::{Device, ExitRequests};
 use crate::digest::MemDigest;
-use crate::error::VmError;
+use crate::error::{Allowed, VmError};
 use crate::journal::{Journal, Mode};
 use crate::layout::{IMAGE_ADDR, IMAGE_END, MAX_MEM_MIB, MIN_MEM_MIB};
 use crate::memory::GuestMemory;
@@ -22,22 +22,25 @@ impl Vm {
         if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&config.mem_mib) {
             return Err(VmError::Config {
                 key: "mem_mib",
-                value: config.mem_mib.to_string(),
-                detail: format!("must be in {MIN_MEM_MIB}..={MAX_MEM_MIB}"),
+                value: u64::from(config.mem_mib),
+                allowed: Allowed::Range {
+                    min: u64::from(MIN_MEM_MIB),
+                    max: u64::from(MAX_MEM_MIB),
+                },
             });
         }
         if config.guest_cpl != 0 && config.guest_cpl != 3 {
             return Err(VmError::Config {
                 key: "guest_cpl",
-                value: config.guest_cpl.to_string(),
-                detail: "must be 0 or 3".into(),
+                value: u64::from(config.guest_cpl),
+                allowed: Allowed::OneOf(&[0, 3]),
             });
         }
         if config.checkpoint_every_exits == 0 {
             return Err(VmError::Config {
                 key: "checkpoint_every_exits",
-                value: "0".into(),
-                detail: "must be at least 1".into(),
+                value: 0,
+                allowed: Allowed::AtLeast(1),
             });
         }
         let room = IMAGE_END - IMAGE_ADDR;
@@ -48,15 +51,13 @@ impl Vm {
             });
         }
         let mem = GuestMemory::new(config.mem_mib as usize * 1024 * 1024)?;
-        let setup = |e: crate::memory::GuestMemoryError| VmError::DeviceSetup {
-            device: "boot",
-            detail: e.to_string(),
-        };
-        boot::write_tables(&mem, config.guest_cpl, config.guest_arg).map_err(setup)?;
-        mem.write(IMAGE_ADDR, &config.image).map_err(setup)?;
-        boot::write_idt(&mem, &config.image).map_err(|detail| VmError::BadImage {
+        let boot = |what| move |source| VmError::Boot { what, source };
+        boot::write_tables(&mem, config.guest_cpl, config.guest_arg)
+            .map_err(boot("writing the boot tables"))?;
+        (mem.write(IMAGE_ADDR, &config.image)).map_err(boot("loading the guest image"))?;
+        boot::write_idt(&mem, &config.image).map_err(|source| VmError::BadImage {
             guest: config.guest.clone(),
-            detail,
+            source,
         })?;
         let machine = Machine::new(&mem, config.guest_cpl)?;
 
@@ -122,9 +123,9 @@ impl Vm {
 /// Which device owns each port; two devices on one port is an error.
 pub(super) fn port_map(devices: &[Box<dyn Device>]) -> Result<Vec<Option<u8>>, VmError> {
     if devices.len() > usize::from(u8::MAX) {
-        return Err(VmError::DeviceSetup {
-            device: "vm",
-            detail: format!("{} devices (at most {})", devices.len(), u8::MAX),
+        return Err(VmError::TooManyDevices {
+            count: devices.len(),
+            max: usize::from(u8::MAX),
         });
     }
     let mut map: Vec<Option<u8>> = vec![None; 65536];

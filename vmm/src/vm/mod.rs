@@ -109,12 +109,10 @@ impl Vm {
         replace: Vec<Box<dyn Device>>,
     ) -> Result<(), VmError> {
         if self.journal.mode() != Mode::Replay {
-            return Err(VmError::DeviceSetup {
-                device: "vm",
-                detail: format!(
-                    "go_live needs a replaying VM, this one is {:?}",
-                    self.journal.mode()
-                ),
+            return Err(VmError::WrongMode {
+                op: "go_live",
+                needs: "a replaying VM",
+                mode: self.journal.mode(),
             });
         }
         let taken = |p: u16| replace.iter().any(|d| d.ports().contains(&p));
@@ -143,12 +141,10 @@ impl Vm {
         failover: Option<Box<dyn crate::failover::Failover>>,
     ) -> Result<(), VmError> {
         if self.journal.mode() != Mode::Replay {
-            return Err(VmError::DeviceSetup {
-                device: "vm",
-                detail: format!(
-                    "attach_replay needs a VM built to replay, this one is {:?}",
-                    self.journal.mode()
-                ),
+            return Err(VmError::WrongMode {
+                op: "attach_replay",
+                needs: "a VM built to replay",
+                mode: self.journal.mode(),
             });
         }
         self.journal.attach(source, gate, failover);

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use ftvm_wire::Kind;
 
 use crate::device::{Device, ExitCtx, ExitRequests};
-use crate::error::VmError;
 use crate::error::exception_name;
+use crate::error::{CrashReason, VmError};
 use crate::event::PollPoint;
 use crate::journal::{Divergence, LogError, Mode};
 use crate::layout::{self, TIMER_VECTOR, WAIT_FOREVER};
@@ -154,21 +154,23 @@ impl Vm {
                     }
                     continue;
                 }
-                Exit::Shutdown => return Err(self.crashed("shutdown (triple fault)".into())),
+                Exit::Shutdown => return Err(self.crashed(CrashReason::Shutdown)),
                 Exit::InternalError(sub) => {
-                    return Err(self.crashed(format!("KVM internal error, suberror {sub}")));
+                    return Err(self.crashed(CrashReason::KvmInternal { suberror: sub }));
                 }
                 Exit::FailEntry(r) => {
-                    return Err(self.crashed(format!("VM entry failed, hardware reason {r:#x}")));
+                    return Err(self.crashed(CrashReason::FailEntry { reason: r }));
                 }
-                other => return Err(self.crashed(format!("unexpected exit {other:?}"))),
+                other => {
+                    return Err(self.crashed(CrashReason::UnexpectedExit(format!("{other:?}"))));
+                }
             }
         }
     }
 
-    pub(super) fn crashed(&self, reason: String) -> VmError {
+    pub(super) fn crashed(&self, reason: CrashReason) -> VmError {
         VmError::GuestCrashed {
-            reason,
+            reason: Box::new(reason),
             ordinal: self.ordinal,
             regs: self.machine.vcpu.snapshot(),
         }
@@ -213,17 +215,21 @@ impl Vm {
             Exit::Hlt => {
                 let (_, if_flag) = self.machine.vcpu.interrupt_window();
                 if !if_flag && self.timer.period.is_none() {
-                    return Err(self.crashed("hlt with interrupts disabled".into()));
+                    return Err(self.crashed(CrashReason::HltWithInterruptsOff));
                 }
                 Ok(VcpuState::Waiting(WAIT_FOREVER))
             }
-            Exit::MmioRead { addr, size } => Err(self.crashed(format!(
-                "read of {size} bytes at gpa {addr:#x} outside guest memory (no MMIO devices)"
-            ))),
-            Exit::MmioWrite { addr, size } => Err(self.crashed(format!(
-                "write of {size} bytes at gpa {addr:#x} outside guest memory (no MMIO devices)"
-            ))),
-            other => Err(self.crashed(format!("unexpected exit {other:?}"))),
+            Exit::MmioRead { addr, size } => Err(self.crashed(CrashReason::Mmio {
+                dir: "read",
+                size,
+                gpa: addr,
+            })),
+            Exit::MmioWrite { addr, size } => Err(self.crashed(CrashReason::Mmio {
+                dir: "write",
+                size,
+                gpa: addr,
+            })),
+            other => Err(self.crashed(CrashReason::UnexpectedExit(format!("{other:?}")))),
         }
     }
 
