@@ -210,7 +210,11 @@ fn run_mode(
     };
     let vm = std::thread::Builder::new()
         .name(format!("vm-{mode}"))
-        .spawn(move || Vm::new(config, run_mode).and_then(|mut vm| vm.run()))?;
+        .spawn(move || {
+            Vm::new(config, run_mode)
+                .map_err(ftvm_vmm::VmError::from)
+                .and_then(|mut vm| vm.run())
+        })?;
     let ready = wait_for_line(&console, "kv: serving", Duration::from_secs(20));
     let loads = ready.and_then(|()| {
         run_load(&load_config(

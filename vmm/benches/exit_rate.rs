@@ -28,7 +28,10 @@ fn run(c: &Case, n: u64) -> (u64, Duration, u64) {
     } else {
         RunMode::Live
     };
-    let o = Vm::new(cfg, mode).and_then(|mut vm| vm.run()).expect("run");
+    let o = Vm::new(cfg, mode)
+        .map_err(ftvm_vmm::VmError::from)
+        .and_then(|mut vm| vm.run())
+        .expect("run");
     (o.exits, o.elapsed, o.stats.entries)
 }
 

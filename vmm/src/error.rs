@@ -1,4 +1,4 @@
-//! [`VmError`]: everything that can go wrong building or running a VM, with
+//! [`BuildVmError`] and [`VmError`]: what can go wrong building or running a VM, with
 //! the values (port, exit ordinal, registers) that locate it.
 
 use crate::boot::ImageError;
@@ -88,9 +88,10 @@ impl std::fmt::Display for CrashReason {
     }
 }
 
-/// Building or running a VM failed.
+/// Building a VM failed (`Vm::new`, `VmConfig::new`; also a device set that
+/// does not fit the port map when going live).
 #[derive(Debug, thiserror::Error)]
-pub enum VmError {
+pub enum BuildVmError {
     /// A configuration value is out of range.
     #[error("vmm.{key} = {value} is invalid: {allowed}")]
     Config {
@@ -171,6 +172,17 @@ pub enum VmError {
     /// The eventfd for exit-boundary requests could not be made.
     #[error("eventfd for exit-boundary requests")]
     BoundaryEventFd(#[source] std::io::Error),
+}
+
+/// Running a VM failed (or building it: [`VmError::Build`]).
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// Building the VM (or changing its devices) failed.
+    #[error(transparent)]
+    Build(#[from] BuildVmError),
+    /// A KVM call failed while running.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
     /// An operation that needs another run mode.
     #[error("{op} needs {needs}, this one is {mode:?}")]
     WrongMode {
@@ -320,7 +332,7 @@ mod tests {
     /// Typed values, the same words as before they were strings.
     #[test]
     fn config_and_crash_errors_name_their_values() {
-        let e = VmError::Config {
+        let e = BuildVmError::Config {
             key: "mem_mib",
             value: 32,
             allowed: Allowed::Range { min: 48, max: 3072 },

@@ -77,8 +77,8 @@ pub use output::{ImmediateGate, KeptOutput, OutputGate, Release};
 pub use payload::{CheckpointRecord, describe_entry};
 pub use stats::Counter;
 pub use vm::{
-    AtExit, AtExitError, ExitBoundary, RunMode, RunOutcome, StopReason, Vm, VmConfig, VmControl,
-    VmError,
+    AtExit, AtExitError, BuildVmError, ExitBoundary, RunMode, RunOutcome, StopReason, Vm, VmConfig,
+    VmControl, VmError,
 };
 
 /// The flat image of the embedded guest `name`.

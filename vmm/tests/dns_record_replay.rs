@@ -55,7 +55,9 @@ impl Recording {
         let thread = std::thread::spawn(move || {
             let vm = Vm::new(c, RunMode::Record(Box::new(sink)));
             let _ = tx.send(());
-            vm.and_then(|mut vm| vm.run()).map_err(|e| e.to_string())
+            vm.map_err(ftvm_vmm::VmError::from)
+                .and_then(|mut vm| vm.run())
+                .map_err(|e| e.to_string())
         });
         rx.recv().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -88,7 +90,9 @@ impl Recording {
 fn replay(arg: u64, log: &Path) -> RunOutcome {
     let (c, console) = config(arg);
     let source = LogFileReader::open(log).unwrap();
-    let r = Vm::new(c, RunMode::Replay(Box::new(source))).and_then(|mut vm| vm.run());
+    let r = Vm::new(c, RunMode::Replay(Box::new(source)))
+        .map_err(ftvm_vmm::VmError::from)
+        .and_then(|mut vm| vm.run());
     println!("replay console:\n{}", text(&console));
     r.unwrap()
 }

@@ -56,7 +56,9 @@ impl Recording {
         let thread = std::thread::spawn(move || {
             let vm = Vm::new(c, RunMode::Record(Box::new(sink)));
             let _ = tx.send(());
-            vm.and_then(|mut vm| vm.run()).map_err(|e| e.to_string())
+            vm.map_err(ftvm_vmm::VmError::from)
+                .and_then(|mut vm| vm.run())
+                .map_err(|e| e.to_string())
         });
         rx.recv().unwrap();
         Recording {
@@ -87,7 +89,9 @@ fn replay_with(guest: &str, log: &Path, tweak: impl FnOnce(&mut VmConfig)) -> Ru
     // Replay registers the NIC and block device itself, detached (no
     // socket, no file): packets and read data come from the log.
     let source = LogFileReader::open(log).unwrap();
-    let r = Vm::new(c, RunMode::Replay(Box::new(source))).and_then(|mut vm| vm.run());
+    let r = Vm::new(c, RunMode::Replay(Box::new(source)))
+        .map_err(ftvm_vmm::VmError::from)
+        .and_then(|mut vm| vm.run());
     println!("replay console:\n{}", text(&console));
     r.unwrap()
 }

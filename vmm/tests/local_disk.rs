@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use ftvm_vmm::devices::block::DiskMode;
 use ftvm_vmm::devices::net::Nic;
-use ftvm_vmm::{LogFileReader, LogFileWriter, RunMode, RunOutcome, StopReason, Vm, VmConfig};
+use ftvm_vmm::{
+    LogFileReader, LogFileWriter, RunMode, RunOutcome, StopReason, Vm, VmConfig, VmError,
+};
 
 mod common;
 use common::{kvm_or_skip, text};
@@ -48,7 +50,9 @@ fn record(log: &Path, tweak: impl FnOnce(&mut VmConfig)) -> (RunOutcome, String)
     let thread = std::thread::spawn(move || {
         let vm = Vm::new(c, RunMode::Record(Box::new(sink)));
         let _ = tx.send(());
-        vm.and_then(|mut vm| vm.run()).map_err(|e| e.to_string())
+        vm.map_err(VmError::from)
+            .and_then(|mut vm| vm.run())
+            .map_err(|e| e.to_string())
     });
     rx.recv().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -70,7 +74,9 @@ fn replay(log: &Path, tweak: impl FnOnce(&mut VmConfig)) -> Result<RunOutcome, S
     let (mut c, console) = common::config("echo", 1);
     tweak(&mut c);
     let source = LogFileReader::open(log).unwrap();
-    let r = Vm::new(c, RunMode::Replay(Box::new(source))).and_then(|mut vm| vm.run());
+    let r = Vm::new(c, RunMode::Replay(Box::new(source)))
+        .map_err(VmError::from)
+        .and_then(|mut vm| vm.run());
     println!("replay console:\n{}", text(&console));
     r.map_err(|e| ftvm_vmm::error_chain(&e))
 }

@@ -12,7 +12,7 @@ use ftvm_arbiter::{Arbiter, Retry};
 use ftvm_channel::{PrimaryStats, transport};
 use ftvm_tuning::Settings;
 use ftvm_vmm::devices::net::Nic;
-use ftvm_vmm::{ConsoleTarget, LogSource, RunMode, RunOutcome, Vm, VmConfig, error_chain};
+use ftvm_vmm::{ConsoleTarget, LogSource, RunMode, RunOutcome, Vm, VmConfig, VmError, error_chain};
 
 use crate::{
     BackupOptions, ChannelSource, DriverShared, GateCounters, PairIdentity, PrimaryOptions,
@@ -163,6 +163,7 @@ impl LocalPair {
                         None => Box::new(source),
                     };
                     Vm::new(bc, RunMode::Replay(source))
+                        .map_err(VmError::from)
                         .and_then(|mut vm| vm.run())
                         .map_err(|e| error_chain(&e))
                 }));
@@ -194,7 +195,9 @@ impl LocalPair {
         };
         let shared = driver.clone();
         let primary = std::thread::spawn(move || {
-            let run = Vm::new(c, mode).and_then(|mut vm| vm.run());
+            let run = Vm::new(c, mode)
+                .map_err(VmError::from)
+                .and_then(|mut vm| vm.run());
             match run {
                 Ok(o) => Ok((o, shared.and_then(|s| s.channel_stats()))),
                 Err(e) => Err(format!("primary VM: {}", error_chain(&e))),

@@ -36,11 +36,11 @@ pub(crate) fn core_devices(config: &VmConfig) -> Vec<Box<dyn Device>> {
 pub(crate) fn extra_devices(
     config: &VmConfig,
     mode: Mode,
-) -> Result<Vec<Box<dyn Device>>, crate::vm::VmError> {
+) -> Result<Vec<Box<dyn Device>>, crate::error::BuildVmError> {
     let mut v: Vec<Box<dyn Device>> = Vec::new();
     let disk_mode = config.disk_mode;
     if disk_mode == block::DiskMode::Local && config.disk.is_none() {
-        return Err(crate::vm::VmError::LocalDiskMissing);
+        return Err(crate::error::BuildVmError::LocalDiskMissing);
     }
     if mode == Mode::Replay {
         v.push(Box::new(net::Nic::detached()));
@@ -51,7 +51,7 @@ pub(crate) fn extra_devices(
         return Ok(v);
     }
     if let Some(addr) = config.service {
-        let nic = net::Nic::new(addr).map_err(crate::vm::VmError::Nic)?;
+        let nic = net::Nic::new(addr).map_err(crate::error::BuildVmError::Nic)?;
         v.push(Box::new(nic));
     }
     if let Some(path) = &config.disk {
@@ -63,6 +63,6 @@ pub(crate) fn extra_devices(
 fn open_disk(
     path: &std::path::Path,
     mode: block::DiskMode,
-) -> Result<block::Block, crate::vm::VmError> {
-    block::Block::open_mode(path, mode).map_err(crate::vm::VmError::Disk)
+) -> Result<block::Block, crate::error::BuildVmError> {
+    block::Block::open_mode(path, mode).map_err(crate::error::BuildVmError::Disk)
 }

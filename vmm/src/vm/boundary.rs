@@ -92,12 +92,17 @@ pub(crate) struct PersistParts {
 }
 
 impl PersistParts {
-    pub(crate) fn new(identity: Identity, tracker: DirtyTracker) -> Result<PersistParts, VmError> {
+    pub(crate) fn new(
+        identity: Identity,
+        tracker: DirtyTracker,
+    ) -> Result<PersistParts, crate::error::BuildVmError> {
         crate::vcpu::probe_host();
         // SAFETY: eventfd has no memory preconditions; the result is checked.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
-            return Err(VmError::BoundaryEventFd(std::io::Error::last_os_error()));
+            return Err(crate::error::BuildVmError::BoundaryEventFd(
+                std::io::Error::last_os_error(),
+            ));
         }
         // SAFETY: `fd` is a new descriptor owned by nothing else.
         let wake = unsafe { OwnedFd::from_raw_fd(fd) };

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::boot;
 use crate::device::{Device, ExitRequests};
 use crate::digest::MemDigest;
-use crate::error::{Allowed, VmError};
+use crate::error::{Allowed, BuildVmError};
 use crate::journal::{Journal, Mode};
 use crate::layout::{IMAGE_ADDR, IMAGE_END, MAX_MEM_MIB, MIN_MEM_MIB};
 use crate::memory::GuestMemory;
@@ -18,9 +18,9 @@ use super::{Timer, Vm, boundary, snapshot};
 
 impl Vm {
     /// Builds the VM: memory, tables, image, KVM objects, devices.
-    pub fn new(mut config: VmConfig, mode: RunMode) -> Result<Vm, VmError> {
+    pub fn new(mut config: VmConfig, mode: RunMode) -> Result<Vm, BuildVmError> {
         if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&config.mem_mib) {
-            return Err(VmError::Config {
+            return Err(BuildVmError::Config {
                 key: "mem_mib",
                 value: u64::from(config.mem_mib),
                 allowed: Allowed::Range {
@@ -30,14 +30,14 @@ impl Vm {
             });
         }
         if config.guest_cpl != 0 && config.guest_cpl != 3 {
-            return Err(VmError::Config {
+            return Err(BuildVmError::Config {
                 key: "guest_cpl",
                 value: u64::from(config.guest_cpl),
                 allowed: Allowed::OneOf(&[0, 3]),
             });
         }
         if config.checkpoint_every_exits == 0 {
-            return Err(VmError::Config {
+            return Err(BuildVmError::Config {
                 key: "checkpoint_every_exits",
                 value: 0,
                 allowed: Allowed::AtLeast(1),
@@ -45,17 +45,17 @@ impl Vm {
         }
         let room = IMAGE_END - IMAGE_ADDR;
         if config.image.len() as u64 > room || config.image.is_empty() {
-            return Err(VmError::ImageTooLarge {
+            return Err(BuildVmError::ImageTooLarge {
                 len: config.image.len(),
                 max: room,
             });
         }
         let mem = GuestMemory::new(config.mem_mib as usize * 1024 * 1024)?;
-        let boot = |what| move |source| VmError::Boot { what, source };
+        let boot = |what| move |source| BuildVmError::Boot { what, source };
         boot::write_tables(&mem, config.guest_cpl, config.guest_arg)
             .map_err(boot("writing the boot tables"))?;
         (mem.write(IMAGE_ADDR, &config.image)).map_err(boot("loading the guest image"))?;
-        boot::write_idt(&mem, &config.image).map_err(|source| VmError::BadImage {
+        boot::write_idt(&mem, &config.image).map_err(|source| BuildVmError::BadImage {
             guest: config.guest.clone(),
             source,
         })?;
@@ -121,9 +121,9 @@ impl Vm {
 }
 
 /// Which device owns each port; two devices on one port is an error.
-pub(super) fn port_map(devices: &[Box<dyn Device>]) -> Result<Vec<Option<u8>>, VmError> {
+pub(super) fn port_map(devices: &[Box<dyn Device>]) -> Result<Vec<Option<u8>>, BuildVmError> {
     if devices.len() > usize::from(u8::MAX) {
-        return Err(VmError::TooManyDevices {
+        return Err(BuildVmError::TooManyDevices {
             count: devices.len(),
             max: usize::from(u8::MAX),
         });
@@ -132,7 +132,7 @@ pub(super) fn port_map(devices: &[Box<dyn Device>]) -> Result<Vec<Option<u8>>, V
     for (i, d) in devices.iter().enumerate() {
         for p in d.ports() {
             if let Some(j) = map[p as usize] {
-                return Err(VmError::PortConflict {
+                return Err(BuildVmError::PortConflict {
                     port: p,
                     first: devices[j as usize].name(),
                     second: d.name(),

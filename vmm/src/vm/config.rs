@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::device::Device;
 use crate::devices::console::ConsoleTarget;
-use crate::error::VmError;
+use crate::error::BuildVmError;
 use crate::journal::JournalStats;
 use crate::log::{LogSink, LogSource};
 use crate::output::{ImmediateGate, OutputGate};
@@ -75,8 +75,8 @@ impl std::fmt::Debug for VmConfig {
 
 impl VmConfig {
     /// The embedded guest `name` with the VMM settings.
-    pub fn new(guest: &str, settings: &ftvm_tuning::VmmSettings) -> Result<VmConfig, VmError> {
-        let image = crate::guest_image(guest).ok_or_else(|| VmError::UnknownGuest {
+    pub fn new(guest: &str, settings: &ftvm_tuning::VmmSettings) -> Result<VmConfig, BuildVmError> {
+        let image = crate::guest_image(guest).ok_or_else(|| BuildVmError::UnknownGuest {
             name: guest.to_string(),
             known: crate::guest_names().join(", "),
         })?;

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use crate::device::{Device, ExitRequests};
 use crate::digest::MemDigest;
-pub use crate::error::VmError;
+pub use crate::error::{BuildVmError, VmError};
 use crate::journal::{Journal, Mode};
 use crate::log::{LogSink, LogSource};
 use crate::memory::GuestMemory;

@@ -143,6 +143,12 @@ macro_rules! from_boxed {
 }
 from_boxed!(Pair(PairSetupError), Spare(SpareError), Vm(VmError));
 
+impl From<ftvm_vmm::BuildVmError> for NodeError {
+    fn from(e: ftvm_vmm::BuildVmError) -> Self {
+        NodeError::Vm(Box::new(e.into()))
+    }
+}
+
 impl NodeError {
     fn setup(what: impl Into<String>) -> impl FnOnce(io::Error) -> NodeError {
         let what = what.into();
