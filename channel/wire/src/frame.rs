@@ -433,10 +433,34 @@ pub fn decode(buf: &[u8]) -> Result<(Frame<'_>, usize), DecodeError> {
 }
 
 /// Fast accessors for code that walks frames it wrote itself (the sender
-/// scanning its ring): no validation, callers must pass a frame produced by
-/// [`seal`]/[`encode`].
+/// scanning its ring) or that [`decode`] already checked (a backup's replay
+/// ring): no validation, callers must pass such a frame.
 pub mod raw {
     use super::*;
+
+    /// The frame at the start of `buf`, read without checking it (no CRC):
+    /// for a frame [`decode`] accepted before (or [`seal`]/[`encode`] made).
+    /// `None` only if `buf` does not even hold what its header claims or
+    /// names no kind — which such a frame never does.
+    pub fn frame(buf: &[u8]) -> Option<Frame<'_>> {
+        let kind = Kind::from_u8(*buf.get(OFF_KIND)?)?;
+        if buf.len() < HEADER_LEN {
+            return None;
+        }
+        let payload_len = get_u32(buf, OFF_PAYLOAD_LEN) as usize;
+        let len = frame_len(payload_len);
+        let bytes = buf.get(..len)?;
+        Some(Frame {
+            header: Header {
+                kind,
+                seq: get_u64(bytes, OFF_SEQ),
+                exit_ordinal: get_u64(bytes, OFF_ORDINAL),
+                payload_len: payload_len as u32,
+            },
+            payload: &bytes[HEADER_LEN..HEADER_LEN + payload_len],
+            bytes,
+        })
+    }
 
     /// The OUTPUT flag of a sealed frame.
     pub fn is_output(frame: &[u8]) -> bool {
@@ -479,6 +503,12 @@ mod tests {
             assert_eq!(f.header.exit_ordinal, 77);
             assert_eq!(f.payload, b"hello world");
             assert_eq!(raw::is_output(&buf), kind.is_output());
+            // The unchecked reader sees the same frame.
+            let r = raw::frame(&buf).unwrap();
+            assert_eq!(
+                (r.header, r.payload, r.bytes),
+                (f.header, f.payload, f.bytes)
+            );
         }
     }
 
