@@ -10,8 +10,8 @@ use std::time::Duration;
 use ftvm_ring::idle::{IdleKind, Idler};
 use ftvm_ring::log::{ClaimError, Consumer};
 use ftvm_tuning::{ChannelSettings, Idle};
-use ftvm_wire::control::StopCause;
 use ftvm_wire::Frame;
+use ftvm_wire::control::StopCause;
 
 use crate::appender::Appender;
 use crate::backup::{Backup, BackupStats};

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ftvm_wire::Kind;
 
-use crate::device::{Device, ExitCtx, ExitRequests};
+use crate::device::{Device, DeviceError, ExitCtx, ExitRequests};
 use crate::error::exception_name;
 use crate::error::{CrashReason, VmError};
 use crate::event::PollPoint;
@@ -18,6 +18,20 @@ use crate::vcpu::Exit;
 
 use super::Vm;
 use super::config::{RunOutcome, StopReason};
+
+/// A device's failure on `port` at exit `ordinal`.
+fn device_failed(
+    device: &'static str,
+    port: u16,
+    ordinal: u64,
+) -> impl FnOnce(DeviceError) -> VmError {
+    move |source| VmError::Device {
+        device,
+        port,
+        ordinal,
+        source,
+    }
+}
 
 /// The vCPU run state (one function per state returns the next).
 #[derive(Debug)]
@@ -120,12 +134,7 @@ impl Vm {
                 let dev = &mut self.devices[i as usize];
                 let n = data.len().min(4);
                 dev.io_in(&mut ctx, port, &mut data[..n])
-                    .map_err(|source| VmError::Device {
-                        device: dev.name(),
-                        port,
-                        ordinal,
-                        source,
-                    })
+                    .map_err(device_failed(dev.name(), port, ordinal))
             })?;
             if let Exit::IoIn { port, size } = exit {
                 if unclaimed {
@@ -204,12 +213,7 @@ impl Vm {
                 let (mut ctx, devices) = self.ctx();
                 let dev = &mut devices[i as usize];
                 dev.io_out(&mut ctx, port, &data[..size])
-                    .map_err(|source| VmError::Device {
-                        device: dev.name(),
-                        port,
-                        ordinal,
-                        source,
-                    })?;
+                    .map_err(device_failed(dev.name(), port, ordinal))?;
                 self.after_requests()
             }
             Exit::Hlt => {
@@ -284,12 +288,11 @@ impl Vm {
         let mut delivered = false;
         let (mut ctx, devices) = self.ctx();
         for dev in devices.iter_mut() {
-            delivered |= dev.poll(&mut ctx).map_err(|source| VmError::Device {
-                device: dev.name(),
-                port: layout::port::WAIT,
+            delivered |= (dev.poll(&mut ctx)).map_err(device_failed(
+                dev.name(),
+                layout::port::WAIT,
                 ordinal,
-                source,
-            })?;
+            ))?;
         }
         Ok(delivered)
     }
