@@ -411,7 +411,7 @@ fn run_one(opts: &ChannelOptions, s: &Settings, sc: &Scenario, params: Params) -
     let outcome = match &opts.role {
         Role::Source { connect } => {
             if let Some(c) = core_affinity::get_core_ids().and_then(|c| c.first().copied()) {
-                core_affinity::set_for_current(c);
+                ftvm_channel::pin_current_thread(c.id);
             }
             let mut t = transport::connect(&s.channel, connect)
                 .with_context(|| format!("connect to sink {connect}"))?;
@@ -451,7 +451,7 @@ fn local(s: &Settings, sc: &Scenario, preamble: Preamble, pb: &ProgressBar) -> R
             .name("bench-sink".into())
             .spawn(move || -> Result<()> {
                 if let Some(c) = sink_core {
-                    core_affinity::set_for_current(c);
+                    ftvm_channel::pin_current_thread(c.id);
                 }
                 let t = listener
                     .accept(Duration::from_secs(10))?
@@ -467,7 +467,7 @@ fn local(s: &Settings, sc: &Scenario, preamble: Preamble, pb: &ProgressBar) -> R
             .name("bench-source".into())
             .spawn(move || -> Result<_> {
                 if let Some(c) = source_core {
-                    core_affinity::set_for_current(c);
+                    ftvm_channel::pin_current_thread(c.id);
                 }
                 let mut t = transport::connect(&s.channel, &addr)?;
                 preamble.send(t.as_mut())?;
@@ -519,7 +519,7 @@ fn serve(s: &Settings, listen: &str) -> Result<()> {
         listener.local_addr()
     );
     if let Some(c) = core_affinity::get_core_ids().and_then(|c| c.last().copied()) {
-        core_affinity::set_for_current(c);
+        ftvm_channel::pin_current_thread(c.id);
     }
     loop {
         let Some(t) = listener.accept(Duration::from_secs(3600))? else {

@@ -80,11 +80,6 @@ fn placement(args: &BenchVmmArgs) -> anyhow::Result<Option<(usize, Vec<usize>)>>
     Ok(Some((vcpu, others)))
 }
 
-fn pin_current(core: usize) {
-    // Best effort: a failed pin leaves the thread where the scheduler puts it.
-    core_affinity::set_for_current(core_affinity::CoreId { id: core });
-}
-
 /// A log sink that counts the frame bytes it passes on.
 struct CountingSink<S> {
     inner: S,
@@ -262,7 +257,7 @@ pub fn run(args: BenchVmmArgs, settings: &Settings) -> anyhow::Result<()> {
     // places the host server and the vCPU threads; load threads re-pin.
     let pin = placement(&args)?;
     if let Some((vcpu, _)) = &pin {
-        pin_current(*vcpu);
+        ftvm_channel::pin_current_thread(*vcpu);
     }
     // Step 1: the floor.
     let server = KvServer::spawn("127.0.0.1:0".parse()?, 1 << 16, 4096, true)?;
