@@ -38,15 +38,18 @@ fn bad(what: &'static str, value: &str, allowed: &'static str) -> ArbiterError {
     }
 }
 
+/// Whether `c` may stand in a VM name: `[A-Za-z0-9._-]`.
+pub fn is_vm_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
 /// A VM name: 1..=64 of `[A-Za-z0-9._-]`, not starting with `.` (so it is a
 /// safe single path component and never `.` or `..`).
 pub fn check_vm(vm: &str) -> Result<(), ArbiterError> {
     let ok = !vm.is_empty()
         && vm.len() <= MAX_VM_NAME
         && !vm.starts_with('.')
-        && vm
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        && vm.chars().all(is_vm_name_char);
     if ok {
         Ok(())
     } else {

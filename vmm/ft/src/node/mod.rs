@@ -176,7 +176,7 @@ pub fn default_vm_name(guest: &str, service: Option<SocketAddr>) -> String {
     format!("{guest}-{at}")
         .chars()
         .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+            if ftvm_arbiter::names::is_vm_name_char(c) {
                 c
             } else {
                 '-'
