@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -41,7 +41,6 @@ impl Progress {
         let mut p = Progress::new(label, total);
         let stop = Arc::new(AtomicBool::new(false));
         let (pb, s) = (p.pb.clone(), stop.clone());
-        let started = Instant::now();
         let follow = std::thread::Builder::new()
             .name("progress".into())
             .spawn(move || {
@@ -49,7 +48,7 @@ impl Progress {
                 while !s.load(Ordering::Relaxed) {
                     std::thread::sleep(TICK);
                     pb.set_position(done.load(Ordering::Relaxed));
-                    show_once_it_lasts(&pb, started);
+                    show_once_it_lasts(&pb, SHOW_AFTER);
                 }
             });
         // No thread, no bar: the work goes on.
@@ -62,9 +61,7 @@ impl Progress {
     /// `n` more steps done.
     pub fn inc(&self, n: u64) {
         self.pb.inc(n);
-        if self.pb.elapsed() >= SHOW_AFTER {
-            self.show();
-        }
+        show_once_it_lasts(&self.pb, SHOW_AFTER);
     }
 
     /// Prints `line` above the bar (or plainly when it is hidden).
@@ -76,18 +73,14 @@ impl Progress {
         }
     }
 
-    fn show(&self) {
-        if self.pb.is_hidden() {
-            self.pb.set_draw_target(ProgressDrawTarget::stderr());
-        }
-    }
-
     /// Removes the bar.
     pub fn finish(self) {}
 }
 
-fn show_once_it_lasts(pb: &ProgressBar, started: Instant) {
-    if started.elapsed() >= SHOW_AFTER && pb.is_hidden() {
+/// Draws `pb` on stderr once it has been running for `after` (a bar made
+/// hidden; indicatif keeps it hidden where stderr is not a terminal).
+pub(crate) fn show_once_it_lasts(pb: &ProgressBar, after: Duration) {
+    if pb.elapsed() >= after && pb.is_hidden() {
         pb.set_draw_target(ProgressDrawTarget::stderr());
     }
 }

@@ -475,12 +475,9 @@ fn local(s: &Settings, sc: &Scenario, preamble: Preamble, pb: &ProgressBar) -> R
             })?
     };
     // Show the bar only for runs that last; the main thread wakes rarely.
-    let start = Instant::now();
     while !source.is_finished() {
         thread::sleep(Duration::from_millis(250));
-        if start.elapsed() > Duration::from_secs(2) && pb.is_hidden() {
-            pb.set_draw_target(ProgressDrawTarget::stderr());
-        }
+        crate::progress::show_once_it_lasts(pb, Duration::from_secs(2));
     }
     let out = source
         .join()
