@@ -26,11 +26,6 @@ impl Counter {
         self.0.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Adds one.
-    pub fn inc(&self) {
-        self.add(1);
-    }
-
     /// Sets the value (a gauge: position, lag, ordinal).
     pub fn set(&self, v: u64) {
         self.0.store(v, Ordering::Relaxed);
@@ -49,7 +44,7 @@ mod tests {
     #[test]
     fn counts_sets_and_keeps_the_high_water_mark() {
         let c = Counter::new(2);
-        c.inc();
+        c.add(1);
         c.add(3);
         assert_eq!(c.get(), 6);
         c.max(4);
