@@ -206,7 +206,7 @@ pub struct ReadChunk<'a> {
     padding_len: usize,
 }
 
-impl ReadChunk<'_> {
+impl<'a> ReadChunk<'a> {
     /// `(first, second)`: `first` from the consumer position up to the commit
     /// point or the padding record; `second` from index 0 after a wrap (else
     /// empty). Both hold whole records only.
@@ -234,6 +234,28 @@ impl ReadChunk<'_> {
     /// True if nothing was committed.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Like [`records`](Self::records), for as long as the consumer stays
+    /// borrowed: the chunk is given up (nothing is released), so the
+    /// records can be lent on — and since releasing takes the consumer
+    /// mutably, nothing can release them while they are borrowed.
+    pub fn into_records(self) -> Records<'a> {
+        let consumer: &'a Consumer = self.consumer;
+        let region = &consumer.region;
+        // SAFETY: the ranges are those of `slices` (in bounds, committed and
+        // unreleased, see there). They live for 'a, the exclusive borrow of
+        // the consumer this chunk held, now a shared one: every release and
+        // every later `read` needs `&mut Consumer`, so neither can happen
+        // while these slices exist, and the producer writes only released
+        // bytes.
+        let (first, second) = unsafe {
+            (
+                std::slice::from_raw_parts(region.at(self.start), self.first),
+                std::slice::from_raw_parts(region.at(0), self.second),
+            )
+        };
+        Records { first, second }
     }
 
     /// Each record's whole bytes (length word first), in order, padding skipped.

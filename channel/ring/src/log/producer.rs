@@ -162,6 +162,19 @@ impl Claim<'_> {
         self.len == 0
     }
 
+    /// Shortens the record to `len` bytes before it is committed (a record
+    /// claimed at its largest size and found shorter once written, e.g. a
+    /// batch of datagrams). The space after the new end stays free for the
+    /// next claim. Errors: [`ClaimError::BadLength`] if `len < 8`,
+    /// `len % 8 != 0` or `len` exceeds the claimed length (nothing changes).
+    pub fn truncate(&mut self, len: usize) -> Result<(), ClaimError> {
+        if len < RECORD_ALIGN || !len.is_multiple_of(RECORD_ALIGN) || len > self.len {
+            return Err(ClaimError::BadLength { len });
+        }
+        self.len = len;
+        Ok(())
+    }
+
     /// Writes the length word (`len`, little-endian) into bytes `0..4`, and the
     /// padding record if this claim wraps, then publishes the record.
     pub fn commit(self) {

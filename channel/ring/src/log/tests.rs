@@ -348,3 +348,22 @@ fn ends_are_send() {
     assert_send::<Producer>();
     assert_send::<Consumer>();
 }
+
+#[test]
+fn a_truncated_claim_commits_its_new_length_and_frees_the_rest() {
+    let (mut producer, mut consumer) = with_capacity(4096).unwrap();
+    let mut claim = producer.claim(1024).unwrap();
+    assert_eq!(
+        claim.truncate(1032),
+        Err(ClaimError::BadLength { len: 1032 })
+    );
+    assert_eq!(claim.truncate(12), Err(ClaimError::BadLength { len: 12 }));
+    assert_eq!(claim.truncate(0), Err(ClaimError::BadLength { len: 0 }));
+    claim.truncate(64).unwrap();
+    assert_eq!(claim.len(), 64);
+    claim.buf().fill(7);
+    claim.commit();
+    assert_eq!(producer.position(), 64);
+    push(&mut producer, 32, 9);
+    assert_eq!(records(&mut consumer), vec![(64, 7), (32, 9)]);
+}
