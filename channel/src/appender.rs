@@ -136,6 +136,27 @@ impl EntryClaim<'_> {
         self.header.seq
     }
 
+    /// Publishes the entry with only the first `payload_len` bytes of the
+    /// claimed payload (an entry claimed at its largest size, written
+    /// shorter); returns its seq. A length over the claimed one is refused
+    /// and the claim is abandoned.
+    pub fn commit_len(mut self, payload_len: usize) -> Result<u64, AppendError> {
+        let claimed = self.header.payload_len as usize;
+        if payload_len > claimed || self.claim.truncate(frame_len(payload_len)).is_err() {
+            return Err(AppendError::TooLarge {
+                len: payload_len,
+                max: claimed,
+            });
+        }
+        self.header = Header::new(
+            self.header.kind,
+            self.header.seq,
+            self.header.exit_ordinal,
+            payload_len,
+        );
+        Ok(self.commit())
+    }
+
     /// Seals the frame (header, pad, CRC) and publishes it; returns its seq.
     pub fn commit(mut self) -> u64 {
         // The claim is exactly frame_len(payload_len) bytes and the header was

@@ -278,6 +278,34 @@ impl ReplayFeed {
         n
     }
 
+    /// The oldest entry not yet consumed, lent from the replay ring (read
+    /// raw: the receiver checked it, CRC included, before it copied it
+    /// here); the same entry until [`ReplayFeed::consume`].
+    pub fn peek(&mut self) -> Option<Frame<'_>> {
+        self.consumer
+            .read()
+            .into_records()
+            .next()
+            .and_then(ftvm_wire::raw::frame)
+    }
+
+    /// Frees the entry [`ReplayFeed::peek`] lent, for the receiver to reuse.
+    pub fn consume(&mut self) {
+        let chunk = self.consumer.read();
+        let first = chunk.records().next().map_or(0, <[u8]>::len);
+        chunk.release_up_to(first);
+    }
+
+    /// Entries waiting in the replay ring (walks them).
+    pub fn len(&mut self) -> usize {
+        self.consumer.read().records().count()
+    }
+
+    /// True when no entry waits.
+    pub fn is_empty(&mut self) -> bool {
+        self.consumer.is_empty()
+    }
+
     /// Reports the replay position (carried to the primary by the next ACK).
     pub fn set_replayed(&self, seq: u64, exit_ordinal: u64) {
         // Relaxed: two independent counters read for reporting only.

@@ -223,6 +223,16 @@ impl<R: std::io::Read> LogStream<R> {
         Some(item)
     }
 
+    /// The frame the last [`LogStream::next_frame`] returned, read again
+    /// from the stream's buffer without a second check (`None` before the
+    /// first frame, at the end and after an error).
+    pub fn current(&self) -> Option<Frame<'_>> {
+        if self.failed {
+            return None;
+        }
+        crate::raw::frame(&self.buf)
+    }
+
     /// Reads one frame's bytes into `buf` (false: clean end of stream). A
     /// short frame is left short for `decode` to name.
     fn read_frame(&mut self, offset: u64) -> Result<bool, LogFileError> {
