@@ -228,9 +228,13 @@ pub fn list_transfer() -> String {
 struct Never;
 
 impl LogSource for Never {
-    fn poll_entry(&mut self) -> Result<SourcePoll, LogSourceError> {
+    fn poll(&mut self) -> Result<SourcePoll, LogSourceError> {
         Ok(SourcePoll::Pending)
     }
+    fn peek(&mut self) -> Option<ftvm_vmm::log::EntryRef<'_>> {
+        None
+    }
+    fn consume(&mut self) {}
 }
 
 fn median<T: Copy + PartialOrd>(v: &[T]) -> Option<T> {

@@ -26,7 +26,7 @@ use ftvm_vmm::devices::net::Nic;
 use ftvm_vmm::{
     ConsoleTarget, LogFileWriter, LogSink, LogSinkError, MemoryLog, RunMode, Vm, VmConfig,
 };
-use ftvm_wire::{Header, frame_len};
+use ftvm_wire::{Kind, frame_len};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchVmmArgs {
@@ -87,9 +87,30 @@ struct CountingSink<S> {
 }
 
 impl<S: LogSink> LogSink for CountingSink<S> {
-    fn append(&mut self, header: &Header, payload: &[u8]) -> Result<(), LogSinkError> {
-        self.bytes.add(frame_len(payload.len()) as u64);
-        self.inner.append(header, payload)
+    fn claim(
+        &mut self,
+        kind: Kind,
+        exit_ordinal: u64,
+        max_len: usize,
+        write: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+    ) -> Result<Option<u64>, LogSinkError> {
+        let mut len = 0;
+        let seq = self.inner.claim(kind, exit_ordinal, max_len, &mut |buf| {
+            len = write(buf)?;
+            Some(len)
+        })?;
+        if seq.is_some() {
+            self.bytes.add(frame_len(len) as u64);
+        }
+        Ok(seq)
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.inner.next_seq()
+    }
+
+    fn max_payload_len(&self) -> usize {
+        self.inner.max_payload_len()
     }
 
     fn flush(&mut self) -> Result<(), LogSinkError> {

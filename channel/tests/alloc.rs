@@ -4,71 +4,16 @@
 //! allocate, nor must the backup's steady-state receive (`Backup::poll`
 //! handing out borrowed frames, ACKs out).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::thread;
 use std::time::Duration;
 
 use ftvm_channel::{AppendError, Backup, ChannelError, Primary};
+use ftvm_testkit::alloc::{Counting, allocs_in, last_size};
 use ftvm_tuning::{ChannelSettings, TransportKind};
 use ftvm_wire::Kind;
 
-/// Counts allocations made on threads that opted in (`counting(true)`).
-struct Counting;
-
-thread_local! {
-    static COUNT_HERE: Cell<bool> = const { Cell::new(false) };
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-    static LAST_SIZE: Cell<usize> = const { Cell::new(0) };
-}
-
-fn counted(size: usize) {
-    // try_with: the allocator may run while thread locals are torn down.
-    if COUNT_HERE.try_with(Cell::get).unwrap_or(false) {
-        let _ = ALLOCS.try_with(|a| a.set(a.get() + 1));
-        let _ = LAST_SIZE.try_with(|s| s.set(size));
-    }
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        counted(layout.size());
-        // SAFETY: the caller's contract is passed on unchanged.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        counted(layout.size());
-        // SAFETY: as above.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        counted(new_size);
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-/// Allocations made by `f` on this thread.
-fn allocs_in<R>(f: impl FnOnce() -> R) -> (R, u64) {
-    let before = ALLOCS.with(Cell::get);
-    COUNT_HERE.with(|c| c.set(true));
-    let r = f();
-    COUNT_HERE.with(|c| c.set(false));
-    (r, ALLOCS.with(Cell::get) - before)
-}
-
-/// Size of the last allocation counted on this thread (for the message).
-fn last_size() -> usize {
-    LAST_SIZE.with(Cell::get)
-}
 
 mod common;
 use common::{pair, params};

@@ -90,16 +90,18 @@ fuzz_target!(|data: &[u8]| {
     };
     let entries = reader.remaining().unwrap_or(0);
     let (mut seen, mut payload_bytes) = (0usize, 0usize);
-    // Progress: every poll returns an entry, or ends the loop.
+    // Progress: every poll readies an entry (consumed), or ends the loop.
     loop {
-        match reader.poll_entry() {
-            Ok(SourcePoll::Entry(e)) => {
+        match reader.poll() {
+            Ok(SourcePoll::Ready) => {
+                let e = reader.peek().expect("a ready source lends its entry");
                 seen += 1;
                 assert!(seen <= entries, "more entries than remaining() said");
                 assert!(!e.header.kind.is_control(), "a control frame as an entry");
                 assert_eq!(e.payload.len(), e.header.payload_len as usize);
                 payload_bytes += e.payload.len();
-                let _ = describe_entry(e.header.kind, &e.payload);
+                let _ = describe_entry(e.header.kind, e.payload);
+                reader.consume();
             }
             Ok(SourcePoll::End) => break,
             Ok(other) => panic!("a log file source returned {other:?}"),

@@ -17,7 +17,10 @@
 //! ```
 //!
 //! Services: [`etcd::Etcd`] runs a real etcd for a test; [`netns::Rack`] makes
-//! hosts in network namespaces.
+//! hosts in network namespaces. [`alloc::Counting`] counts allocations for
+//! the "no allocation per entry" tests.
+
+pub mod alloc;
 
 pub mod etcd;
 

@@ -14,7 +14,7 @@ use ftvm_kvproto::load::{LoadConfig, run_load};
 use ftvm_tests::kvm_or_skip;
 use ftvm_tests::proxy::Proxy;
 use ftvm_tuning::{Settings, TransportKind};
-use ftvm_vmm::{LogEntry, LogSource, LogSourceError, RunOutcome, SourcePoll, StopReason};
+use ftvm_vmm::{LogSource, LogSourceError, RunOutcome, SourcePoll, StopReason};
 
 fn settings(kind: TransportKind) -> Settings {
     let mut s = Settings::default();
@@ -268,12 +268,15 @@ fn slow_backup_triggers_lag_control() {
     #[derive(Debug)]
     struct Throttled(ftvm_ft::ChannelSource);
     impl LogSource for Throttled {
-        fn poll_entry(&mut self) -> Result<SourcePoll, LogSourceError> {
-            let r = self.0.poll_entry()?;
-            if let SourcePoll::Entry(LogEntry { .. }) = &r {
-                thread::sleep(Duration::from_micros(300));
-            }
-            Ok(r)
+        fn poll(&mut self) -> Result<SourcePoll, LogSourceError> {
+            self.0.poll()
+        }
+        fn peek(&mut self) -> Option<ftvm_vmm::log::EntryRef<'_>> {
+            self.0.peek()
+        }
+        fn consume(&mut self) {
+            thread::sleep(Duration::from_micros(300));
+            self.0.consume()
         }
     }
     let mut s = settings(TransportKind::Tcp);

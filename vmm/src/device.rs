@@ -106,41 +106,66 @@ impl<'a> ExitCtx<'a> {
         self.mem
     }
 
-    /// A nondeterministic value. Record/live: runs `produce` to obtain it
-    /// from the host (record logs it as `kind` at this ordinal); replay:
-    /// returns the logged bytes (`produce` is not run), after checking kind,
-    /// port and ordinal. The caller applies the bytes to guest memory with
-    /// the same code in every mode.
-    pub fn input(
+    /// The largest `max_len` an input may claim here.
+    pub fn max_input_len(&self) -> usize {
+        self.journal.max_payload_len() - INPUT_PREFIX_LEN
+    }
+
+    /// A nondeterministic value of at most `max_len` bytes. Record/live:
+    /// `produce` obtains it from the host, writing it straight into the log
+    /// entry (record: the sink's claim, e.g. the channel's log ring; live: a
+    /// reused buffer) and returning its length; replay: the logged bytes are
+    /// used (`produce` is not run), after checking kind, port and ordinal.
+    /// In every mode `apply` then gets the bytes — lent, never copied out —
+    /// and applies them to guest memory with the same code; its result is
+    /// returned.
+    pub fn input<R>(
         &mut self,
         kind: Kind,
         port: u16,
-        produce: impl FnOnce(&mut Vec<u8>) -> Result<(), DeviceError>,
-    ) -> Result<Vec<u8>, DeviceError> {
-        let got = self.poll_input_inner(kind, port, true, |buf| produce(buf).map(|()| true))?;
-        Ok(got.unwrap_or_default())
+        max_len: usize,
+        produce: impl FnOnce(&mut [u8]) -> Result<usize, DeviceError>,
+        apply: impl FnOnce(&[u8]) -> Result<R, DeviceError>,
+    ) -> Result<R, DeviceError> {
+        let got = self.poll_input_inner(
+            kind,
+            port,
+            true,
+            max_len,
+            |buf| produce(buf).map(Some),
+            apply,
+        )?;
+        got.ok_or_else(|| DeviceError::BadRequest {
+            port,
+            detail: format!("{kind} input produced nothing"),
+        })
     }
 
     /// Like [`ExitCtx::input`] for values that may be absent (a poll of a
-    /// socket): `produce` returns `Ok(false)` when there is nothing, and then
-    /// nothing is logged and `None` returned. Replay returns `Some` exactly
-    /// when the log has a `kind` entry for `port` at this exit.
-    pub fn poll_input(
+    /// socket): `produce` returns `Ok(None)` when there is nothing, and then
+    /// nothing is logged, `apply` is not run and `None` returned. Replay
+    /// applies an entry exactly when the log has a `kind` entry for `port` at
+    /// this exit.
+    pub fn poll_input<R>(
         &mut self,
         kind: Kind,
         port: u16,
-        produce: impl FnOnce(&mut Vec<u8>) -> Result<bool, DeviceError>,
-    ) -> Result<Option<Vec<u8>>, DeviceError> {
-        self.poll_input_inner(kind, port, false, produce)
+        max_len: usize,
+        produce: impl FnOnce(&mut [u8]) -> Result<Option<usize>, DeviceError>,
+        apply: impl FnOnce(&[u8]) -> Result<R, DeviceError>,
+    ) -> Result<Option<R>, DeviceError> {
+        self.poll_input_inner(kind, port, false, max_len, produce, apply)
     }
 
-    fn poll_input_inner(
+    fn poll_input_inner<R>(
         &mut self,
         kind: Kind,
         port: u16,
         required: bool,
-        produce: impl FnOnce(&mut Vec<u8>) -> Result<bool, DeviceError>,
-    ) -> Result<Option<Vec<u8>>, DeviceError> {
+        max_len: usize,
+        produce: impl FnOnce(&mut [u8]) -> Result<Option<usize>, DeviceError>,
+        apply: impl FnOnce(&[u8]) -> Result<R, DeviceError>,
+    ) -> Result<Option<R>, DeviceError> {
         let ordinal = self.ordinal;
         // A lost primary may take the VM live right here (`crate::failover`).
         self.journal.settle()?;
@@ -152,32 +177,61 @@ impl<'a> ExitCtx<'a> {
                 let e = self.journal.expect(kind, Some(port), ordinal, || {
                     format!("{kind} input on port {port:#x}")
                 })?;
-                match e.payload.get(INPUT_PREFIX_LEN..) {
-                    Some(data) => Ok(Some(data.to_vec())),
+                let r = match e.payload.get(INPUT_PREFIX_LEN..) {
+                    Some(data) => apply(data),
                     None => Err(Divergence::Entry {
                         ordinal,
                         expected: format!("{kind} input on port {port:#x}"),
                         found: crate::journal::describe(&e),
                     }
                     .into()),
-                }
+                };
+                self.journal.consume();
+                r.map(Some)
             }
             Mode::Live => {
-                let mut buf = Vec::new();
-                Ok(produce(&mut buf)?.then_some(buf))
+                let buf = self.journal.scratch(max_len);
+                match produce(buf)? {
+                    None => Ok(None),
+                    Some(n) => {
+                        let data = buf
+                            .get(..n)
+                            .ok_or_else(|| overlong(kind, port, max_len, n))?;
+                        apply(data).map(Some)
+                    }
+                }
             }
             Mode::Record => {
-                let mut buf = Vec::new();
-                if !produce(&mut buf)? {
-                    return Ok(None);
-                }
-                let mut payload = self.journal.scratch();
-                put_input_prefix(&mut payload, port);
-                payload.extend_from_slice(&buf);
-                let r = self.journal.append(kind, ordinal, &payload);
-                self.journal.return_scratch(payload);
-                r?;
-                Ok(Some(buf))
+                let (mut produce, mut apply) = (Some(produce), Some(apply));
+                let mut out: Option<Result<R, DeviceError>> = None;
+                let committed =
+                    self.journal
+                        .claim(kind, ordinal, INPUT_PREFIX_LEN + max_len, &mut |buf| {
+                            let (produce, apply) = (produce.take()?, apply.take()?);
+                            let (prefix, data) = buf.split_at_mut(INPUT_PREFIX_LEN);
+                            put_input_prefix(prefix, port);
+                            let r = match produce(data) {
+                                Ok(None) => return None,
+                                Ok(Some(n)) => match data.get(..n) {
+                                    Some(data) => apply(data).map(|r| (r, n)),
+                                    None => Err(overlong(kind, port, max_len, n)),
+                                },
+                                Err(e) => Err(e),
+                            };
+                            match r {
+                                Ok((r, n)) => {
+                                    out = Some(Ok(r));
+                                    Some(INPUT_PREFIX_LEN + n)
+                                }
+                                // Not logged: the VM stops with the error.
+                                Err(e) => {
+                                    out = Some(Err(e));
+                                    None
+                                }
+                            }
+                        });
+                committed?;
+                out.transpose()
             }
         }
     }
@@ -210,12 +264,14 @@ impl<'a> ExitCtx<'a> {
                 let e = self.journal.expect(kind, Some(port), ordinal, || {
                     format!("{kind} output on port {port:#x} of {} bytes", bytes.len())
                 })?;
+                let seq = e.header.seq;
                 let logged =
-                    OutputRecord::from_bytes(&e.payload).ok_or_else(|| Divergence::Entry {
+                    OutputRecord::from_bytes(e.payload).ok_or_else(|| Divergence::Entry {
                         ordinal,
                         expected: format!("{kind} output record"),
                         found: crate::journal::describe(&e),
                     })?;
+                self.journal.consume();
                 if logged != rec {
                     return Err(Divergence::Output {
                         ordinal,
@@ -228,8 +284,7 @@ impl<'a> ExitCtx<'a> {
                     }
                     .into());
                 }
-                self.journal
-                    .replayed_output(e.header.seq, kind, Box::new(release));
+                self.journal.replayed_output(seq, kind, Box::new(release));
             }
         }
         Ok(())
@@ -249,6 +304,14 @@ impl<'a> ExitCtx<'a> {
 
     pub(crate) fn request_timer(&mut self, period_us: u32) {
         self.requests.timer_us = Some(period_us);
+    }
+}
+
+/// A device's `produce` said it wrote more than it was given.
+fn overlong(kind: Kind, port: u16, max_len: usize, n: usize) -> DeviceError {
+    DeviceError::BadRequest {
+        port,
+        detail: format!("{kind} input of {n} bytes exceeds the {max_len} claimed"),
     }
 }
 

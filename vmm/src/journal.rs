@@ -4,11 +4,11 @@
 //! one-entry lookahead of the primary's log and checks each entry against
 //! the exit it is at (kind, port, ordinal); live only releases outputs.
 
-use ftvm_wire::{Header, Kind};
+use ftvm_wire::Kind;
 
 use crate::event::{EventSource, EventSourceError, PollPoint};
 use crate::failover::{Failover, FailoverError, LogEnd};
-use crate::log::{LogEntry, LogSink, LogSinkError, LogSource, LogSourceError, SourcePoll};
+use crate::log::{EntryRef, LogSink, LogSinkError, LogSource, LogSourceError, SourcePoll};
 use crate::output::{OutputGate, Release};
 use crate::payload::{CheckpointRecord, INPUT_PREFIX_LEN, describe_entry, input_port};
 
@@ -144,13 +144,13 @@ pub enum LogError {
 }
 
 /// Describes an entry for divergence messages.
-pub(crate) fn describe(e: &LogEntry) -> String {
+pub(crate) fn describe(e: &EntryRef<'_>) -> String {
     format!(
         "{} seq {} at exit {} ({})",
         e.header.kind,
         e.header.seq,
         e.header.exit_ordinal,
-        describe_entry(e.header.kind, &e.payload)
+        describe_entry(e.header.kind, e.payload)
     )
 }
 
@@ -158,11 +158,11 @@ enum Backend {
     Live,
     Record {
         sink: Box<dyn LogSink>,
-        next_seq: u64,
     },
     Replay {
         source: Box<dyn LogSource>,
-        ahead: Option<LogEntry>,
+        /// The source said `Ready`: its `peek` lends the next entry.
+        ready: bool,
         ended: bool,
     },
 }
@@ -194,6 +194,7 @@ pub(crate) struct Journal {
     pub(crate) ordinal: u64,
     gate: Box<dyn OutputGate>,
     pub(crate) stats: JournalStats,
+    /// Live mode's input buffer (grown, never shrunk: no allocation per input).
     scratch: Vec<u8>,
     standby: Standby,
     /// Set by the VM while a device handles an exit (for the failover report).
@@ -216,14 +217,14 @@ impl Journal {
     }
 
     pub(crate) fn record(sink: Box<dyn LogSink>, gate: Box<dyn OutputGate>) -> Journal {
-        Journal::with(Backend::Record { sink, next_seq: 1 }, gate)
+        Journal::with(Backend::Record { sink }, gate)
     }
 
     pub(crate) fn replay(source: Box<dyn LogSource>, gate: Box<dyn OutputGate>) -> Journal {
         Journal::with(
             Backend::Replay {
                 source,
-                ahead: None,
+                ready: false,
                 ended: false,
             },
             gate,
@@ -250,7 +251,7 @@ impl Journal {
     ) {
         self.backend = Backend::Replay {
             source,
-            ahead: None,
+            ready: false,
             ended: false,
         };
         self.gate = gate;
@@ -273,11 +274,12 @@ impl Journal {
     }
 
     /// The same engine continuing in live mode (`sink = None`) or recording
-    /// into `sink` from seq 1 (the gate and the counters carry over).
+    /// into `sink`, which numbers its entries from its own `next_seq` (the
+    /// gate and the counters carry over).
     pub(crate) fn switch(&mut self, sink: Option<Box<dyn LogSink>>) {
         self.backend = match sink {
             None => Backend::Live,
-            Some(sink) => Backend::Record { sink, next_seq: 1 },
+            Some(sink) => Backend::Record { sink },
         };
     }
 
@@ -363,53 +365,104 @@ impl Journal {
         }
     }
 
-    /// Record: appends an entry, returns its sequence number.
+    /// Record: appends an entry holding a copy of `payload` (an output
+    /// record), returns its sequence number (0 when not recording).
     pub(crate) fn append(
         &mut self,
         kind: Kind,
         ordinal: u64,
         payload: &[u8],
     ) -> Result<u64, LogError> {
-        let Backend::Record { sink, next_seq } = &mut self.backend else {
+        let Backend::Record { sink } = &mut self.backend else {
             return Ok(0);
         };
-        let seq = *next_seq;
-        sink.append(&Header::new(kind, seq, ordinal, payload.len()), payload)?;
-        *next_seq += 1;
+        let seq = sink.append(kind, ordinal, payload)?;
         self.stats.entries += 1;
         self.stats.payload_bytes += payload.len() as u64;
         Ok(seq)
     }
 
+    /// Record: claim, write in place, commit (see [`LogSink::claim`]);
+    /// `None` when `write` abandoned the entry or when not recording.
+    pub(crate) fn claim(
+        &mut self,
+        kind: Kind,
+        ordinal: u64,
+        max_len: usize,
+        write: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+    ) -> Result<Option<u64>, LogError> {
+        let Backend::Record { sink } = &mut self.backend else {
+            return Ok(None);
+        };
+        let mut len = 0;
+        let seq = sink.claim(kind, ordinal, max_len, &mut |buf| {
+            let n = write(buf)?;
+            len = n;
+            Some(n)
+        })?;
+        if seq.is_some() {
+            self.stats.entries += 1;
+            self.stats.payload_bytes += len as u64;
+        }
+        Ok(seq)
+    }
+
+    /// Largest payload an entry may carry (record: the sink's limit).
+    pub(crate) fn max_payload_len(&self) -> usize {
+        match &self.backend {
+            Backend::Record { sink } => sink.max_payload_len(),
+            _ => ftvm_wire::MAX_PAYLOAD_LEN,
+        }
+    }
+
+    /// Live mode: a buffer of `len` bytes for an input (old contents).
+    pub(crate) fn scratch(&mut self, len: usize) -> &mut [u8] {
+        if self.scratch.len() < len {
+            self.scratch.resize(len, 0);
+        }
+        &mut self.scratch[..len]
+    }
+
     /// Replay: the next entry, waiting while the source has none yet; `None`
     /// once the log has ended — or once the primary was lost and the
     /// failover plan took the VM live (the mode is then no longer replay).
-    pub(crate) fn peek(&mut self) -> Result<Option<&LogEntry>, LogError> {
+    /// The entry is lent by the source until [`Journal::consume`].
+    pub(crate) fn peek(&mut self) -> Result<Option<EntryRef<'_>>, LogError> {
         if let Some(reason) = self.wait_for_entry()? {
             self.fail_over(reason)?;
             return Ok(None);
         }
-        match &self.backend {
-            Backend::Replay { ahead, .. } => Ok(ahead.as_ref()),
+        match &mut self.backend {
+            Backend::Replay {
+                source,
+                ready: true,
+                ..
+            } => Ok(source.peek()),
             _ => Ok(None),
         }
     }
 
-    /// Fills the lookahead; `Some(reason)` when the primary is lost and
+    /// Readies the next entry; `Some(reason)` when the primary is lost and
     /// nothing is left to replay.
     fn wait_for_entry(&mut self) -> Result<Option<String>, LogError> {
         let Backend::Replay {
             source,
-            ahead,
+            ready,
             ended,
         } = &mut self.backend
         else {
             return Ok(None);
         };
         let mut spins = 0u32;
-        while ahead.is_none() && !*ended {
-            match source.poll_entry()? {
-                SourcePoll::Entry(e) => {
+        while !*ready && !*ended {
+            match source.poll()? {
+                SourcePoll::Ready => {
+                    let Some(e) = source.peek() else {
+                        return Err(LogSourceError::Channel(
+                            "the log source said an entry is ready but lent none".into(),
+                        )
+                        .into());
+                    };
                     if !crate::log::is_vmm_kind(e.header.kind) {
                         return Err(LogError::ForeignKind {
                             seq: e.header.seq,
@@ -417,7 +470,7 @@ impl Journal {
                             kind: e.header.kind,
                         });
                     }
-                    *ahead = Some(e);
+                    *ready = true;
                 }
                 SourcePoll::Pending => {
                     // Acquire: pairs with the Release store of the stop requester.
@@ -447,16 +500,20 @@ impl Journal {
         Ok(None)
     }
 
-    /// Replay: takes the entry `peek` returned.
-    pub(crate) fn take(&mut self) -> Option<LogEntry> {
-        let Backend::Replay { ahead, .. } = &mut self.backend else {
-            return None;
+    /// Replay: the entry `peek` lent was applied; the source moves on.
+    pub(crate) fn consume(&mut self) {
+        let Backend::Replay { source, ready, .. } = &mut self.backend else {
+            return;
         };
-        let e = ahead.take()?;
-        self.standby.last_seq = e.header.seq;
-        self.stats.entries += 1;
-        self.stats.payload_bytes += e.payload.len() as u64;
-        Some(e)
+        if !std::mem::take(ready) {
+            return;
+        }
+        if let Some(e) = source.peek() {
+            self.standby.last_seq = e.header.seq;
+            self.stats.entries += 1;
+            self.stats.payload_bytes += e.payload.len() as u64;
+        }
+        source.consume();
     }
 
     /// Replay: true if the next entry is `kind` (and `port`, for inputs) at
@@ -472,30 +529,31 @@ impl Journal {
                 e.header.kind == kind
                     && e.header.exit_ordinal == ordinal
                     && port.is_none_or(|p| {
-                        e.payload.len() >= INPUT_PREFIX_LEN && input_port(&e.payload) == Some(p)
+                        e.payload.len() >= INPUT_PREFIX_LEN && input_port(e.payload) == Some(p)
                     })
             }
             None => false,
         })
     }
 
-    /// Replay: takes the next entry, which must be `kind` (`port`) at `ordinal`.
+    /// Replay: the next entry, which must be `kind` (`port`) at `ordinal`,
+    /// lent until [`Journal::consume`].
     pub(crate) fn expect(
         &mut self,
         kind: Kind,
         port: Option<u16>,
         ordinal: u64,
         what: impl FnOnce() -> String,
-    ) -> Result<LogEntry, LogError> {
+    ) -> Result<EntryRef<'_>, LogError> {
         if self.next_is(kind, port, ordinal)? {
-            return Ok(self.take().expect("peeked entry"));
+            return Ok(self.peek()?.expect("peeked entry"));
         }
         let expected = what();
         Err(match self.peek()? {
             Some(e) => Divergence::Entry {
                 ordinal,
                 expected,
-                found: describe(e),
+                found: describe(&e),
             },
             None => Divergence::LogEnded { ordinal, expected },
         }
@@ -513,7 +571,7 @@ impl Journal {
             return Err(Divergence::Entry {
                 ordinal,
                 expected: format!("no further entry before exit {}", ordinal + 1),
-                found: describe(e),
+                found: describe(&e),
             }
             .into());
         }
@@ -541,16 +599,6 @@ impl Journal {
         self.gate.replayed(seq, kind, release);
     }
 
-    pub(crate) fn scratch(&mut self) -> Vec<u8> {
-        let mut v = std::mem::take(&mut self.scratch);
-        v.clear();
-        v
-    }
-
-    pub(crate) fn return_scratch(&mut self, v: Vec<u8>) {
-        self.scratch = v;
-    }
-
     pub(crate) fn flush(&mut self) -> Result<(), LogError> {
         if let Backend::Record { sink, .. } = &mut self.backend {
             sink.flush()?;
@@ -558,10 +606,11 @@ impl Journal {
         Ok(())
     }
 
-    /// Record: sequence number the next entry will get.
+    /// Record: sequence number the next entry will get (the sink's count,
+    /// the only one).
     pub(crate) fn next_seq(&self) -> u64 {
         match &self.backend {
-            Backend::Record { next_seq, .. } => *next_seq,
+            Backend::Record { sink } => sink.next_seq(),
             _ => 0,
         }
     }
@@ -570,30 +619,14 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
 
     use super::*;
     use crate::device::{DeviceError, ExitCtx, ExitRequests};
-    use crate::log::{LogFileReader, MemoryLog};
+    use crate::log::{LogFileReader, SharedLog};
     use crate::memory::GuestMemory;
     use crate::output::ImmediateGate;
-
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<MemoryLog>>);
-
-    impl LogSink for Shared {
-        fn append(&mut self, h: &Header, p: &[u8]) -> Result<(), crate::log::LogSinkError> {
-            let mut g = self.0.lock().unwrap();
-            if g.bytes.is_empty() {
-                *g = MemoryLog::new();
-            }
-            g.append(h, p)
-        }
-        fn flush(&mut self) -> Result<(), crate::log::LogSinkError> {
-            Ok(())
-        }
-    }
 
     fn ctx<'a>(
         mem: &'a GuestMemory,
@@ -618,17 +651,31 @@ mod tests {
     ) -> Result<Vec<Vec<u8>>, DeviceError> {
         let mut r = ExitRequests::default();
         let mut got = Vec::new();
-        got.push(ctx(mem, j, &mut r, 1).input(Kind::Clock, 0x20, |b| {
-            b.extend_from_slice(&host.to_le_bytes());
-            Ok(())
-        })?);
+        let owned = |b: &[u8]| Ok(b.to_vec());
+        got.push(ctx(mem, j, &mut r, 1).input(
+            Kind::Clock,
+            0x20,
+            8,
+            |b| {
+                b.copy_from_slice(&host.to_le_bytes());
+                Ok(8)
+            },
+            owned,
+        )?);
         ctx(mem, j, &mut r, 2).output(Kind::Console, 0x10, b"hi\n", || {})?;
-        let none = ctx(mem, j, &mut r, 3).poll_input(Kind::PacketRx, 0x40, |_| Ok(false))?;
+        let none =
+            ctx(mem, j, &mut r, 3).poll_input(Kind::PacketRx, 0x40, 64, |_| Ok(None), owned)?;
         assert_eq!(none, None);
-        let some = ctx(mem, j, &mut r, 4).poll_input(Kind::PacketRx, 0x40, |b| {
-            b.extend_from_slice(b"pkt");
-            Ok(true)
-        })?;
+        let some = ctx(mem, j, &mut r, 4).poll_input(
+            Kind::PacketRx,
+            0x40,
+            64,
+            |b| {
+                b[..3].copy_from_slice(b"pkt");
+                Ok(Some(3))
+            },
+            owned,
+        )?;
         got.push(some.unwrap_or_default());
         for o in 1..=4 {
             j.finish_exit(o)?;
@@ -638,11 +685,11 @@ mod tests {
 
     fn recorded() -> Vec<u8> {
         let mem = GuestMemory::new(4 * 4096).unwrap();
-        let log = Shared::default();
+        let log = SharedLog::default();
         let mut j = Journal::record(Box::new(log.clone()), Box::new(ImmediateGate));
         workload(&mut j, &mem, 42).unwrap();
         assert_eq!(j.next_seq(), 4);
-        log.0.lock().unwrap().bytes.clone()
+        log.bytes()
     }
 
     fn replayer(bytes: &[u8]) -> Journal {
@@ -665,7 +712,7 @@ mod tests {
     fn outputs_go_through_the_gate_and_are_checked_on_replay() {
         let released = Arc::new(AtomicUsize::new(0));
         let mem = GuestMemory::new(4 * 4096).unwrap();
-        let log = Shared::default();
+        let log = SharedLog::default();
         let mut j = Journal::record(Box::new(log.clone()), Box::new(ImmediateGate));
         let mut r = ExitRequests::default();
         let n = Arc::clone(&released);
@@ -676,7 +723,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(released.load(Ordering::Relaxed), 1);
-        let bytes = log.0.lock().unwrap().bytes.clone();
+        let bytes = log.bytes();
 
         let mut j = replayer(&bytes);
         let e = ctx(&mem, &mut j, &mut r, 5)
@@ -710,7 +757,7 @@ mod tests {
         // The replaying guest asks for random bytes where the log has a clock value.
         let mut j = replayer(&bytes);
         let e = ctx(&mem, &mut j, &mut r, 1)
-            .input(Kind::Random, 0x21, |_| Ok(()))
+            .input(Kind::Random, 0x21, 8, |_| Ok(8), |_| Ok(()))
             .unwrap_err()
             .to_string();
         assert_eq!(
@@ -729,7 +776,7 @@ mod tests {
         // The log ends where an input is needed.
         let mut j = replayer(&crate::log::MemoryLog::new().bytes);
         let e = ctx(&mem, &mut j, &mut r, 9)
-            .input(Kind::Clock, 0x20, |_| Ok(()))
+            .input(Kind::Clock, 0x20, 8, |_| Ok(8), |_| Ok(()))
             .unwrap_err()
             .to_string();
         assert_eq!(
@@ -741,9 +788,13 @@ mod tests {
     struct NeverReady;
 
     impl LogSource for NeverReady {
-        fn poll_entry(&mut self) -> Result<SourcePoll, crate::log::LogSourceError> {
+        fn poll(&mut self) -> Result<SourcePoll, crate::log::LogSourceError> {
             Ok(SourcePoll::Pending)
         }
+        fn peek(&mut self) -> Option<EntryRef<'_>> {
+            None
+        }
+        fn consume(&mut self) {}
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub mod dirty;
 pub mod error;
 pub mod event;
 pub mod failover;
+pub mod harness;
 pub mod inspect;
 pub mod journal;
 pub mod layout;
@@ -67,10 +68,11 @@ pub use device::{Device, DeviceError, ExitCtx};
 pub use devices::console::ConsoleTarget;
 pub use event::{EventSource, EventSourceError, PollPoint};
 pub use failover::{Failover, FailoverError, GoLive, LogEnd};
+pub use harness::ExitHarness;
 pub use journal::{Divergence, JournalStats, LogError, Mode};
 pub use log::{
-    LogEntry, LogFileReader, LogFileWriter, LogSink, LogSinkError, LogSource, LogSourceError,
-    MemoryLog, SourcePoll,
+    EntryRef, LogEntry, LogFileReader, LogFileWriter, LogSink, LogSinkError, LogSource,
+    LogSourceError, MemoryLog, SharedLog, SourcePoll,
 };
 pub use memory::{GuestMemory, GuestMemoryError, IoDesc, MemoryReader};
 pub use output::{ImmediateGate, KeptOutput, OutputGate, Release};

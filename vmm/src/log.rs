@@ -12,7 +12,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use ftvm_wire::logfile::{LogFileError, LogReader, file_header};
-use ftvm_wire::{EncodeError, Header, Kind, encode, frame_len};
+use ftvm_wire::{EncodeError, HEADER_LEN, Header, Kind, frame_len, seal};
 
 /// One log entry, owned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +43,18 @@ pub enum LogSinkError {
         /// Why.
         #[source]
         source: EncodeError,
+    },
+    /// A writer filled more payload bytes than it claimed.
+    #[error("entry seq {seq} ({kind}) was written {written} bytes long, {claimed} were claimed")]
+    Overlong {
+        /// Sequence number of the entry.
+        seq: u64,
+        /// Its kind.
+        kind: Kind,
+        /// Bytes claimed.
+        claimed: usize,
+        /// Bytes the writer said it wrote.
+        written: usize,
     },
     /// The channel behind the sink is gone (for channel-backed sinks).
     #[error("log channel closed: {0}")]
@@ -75,14 +87,35 @@ pub enum LogSourceError {
     Channel(String),
 }
 
-/// Record side: receives every log entry in order.
+/// Record side: receives every log entry in order, and owns its sequence
+/// numbers (contiguous from 1).
 ///
-/// The VMM calls `append` on the vCPU thread at an exit, with `header.seq`
-/// contiguous from 1; the sink must keep entries in order and may buffer.
-/// `flush` is called when the VM stops.
+/// The VMM calls [`LogSink::claim`] on the vCPU thread at an exit: the sink
+/// reserves room for the entry where it will keep it (the channel's log
+/// ring, a file buffer), the device writes the input straight into it, and
+/// the sink seals and commits it. The sink must keep entries in order and
+/// may buffer. `flush` is called when the VM stops.
 pub trait LogSink: Send {
-    /// Appends one entry.
-    fn append(&mut self, header: &Header, payload: &[u8]) -> Result<(), LogSinkError>;
+    /// Claim, write in place, commit: reserves an entry of `kind` at
+    /// `exit_ordinal` with room for `max_len` payload bytes and hands them to
+    /// `write`, which fills the first `n` and returns `Some(n)` to commit
+    /// them, or `None` to abandon the entry (nothing is logged and no seq is
+    /// used). Returns the committed entry's seq. `write` runs exactly once
+    /// unless the reservation itself fails.
+    fn claim(
+        &mut self,
+        kind: Kind,
+        exit_ordinal: u64,
+        max_len: usize,
+        write: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+    ) -> Result<Option<u64>, LogSinkError>;
+    /// The seq the next committed entry gets.
+    fn next_seq(&self) -> u64;
+    /// Largest payload a claim may ask for (the wire's maximum unless the
+    /// sink keeps entries in something smaller, like a log ring).
+    fn max_payload_len(&self) -> usize {
+        ftvm_wire::MAX_PAYLOAD_LEN
+    }
     /// Pushes out anything buffered.
     fn flush(&mut self) -> Result<(), LogSinkError>;
     /// Work the VM must drive from the vCPU thread for this sink (a channel
@@ -90,13 +123,102 @@ pub trait LogSink: Send {
     fn events(&mut self) -> Option<&mut dyn crate::event::EventSource> {
         None
     }
+    /// Appends an entry holding a copy of `payload`; returns its seq.
+    fn append(
+        &mut self,
+        kind: Kind,
+        exit_ordinal: u64,
+        payload: &[u8],
+    ) -> Result<u64, LogSinkError> {
+        let seq = self.claim(kind, exit_ordinal, payload.len(), &mut |buf| {
+            buf[..payload.len()].copy_from_slice(payload);
+            Some(payload.len())
+        })?;
+        Ok(seq.unwrap_or_default())
+    }
+}
+
+/// The claim of `max_len` bytes of `kind` was written `written` bytes long.
+fn overlong(seq: u64, kind: Kind, max_len: usize, written: usize) -> LogSinkError {
+    LogSinkError::Overlong {
+        seq,
+        kind,
+        claimed: max_len,
+        written,
+    }
+}
+
+/// A buffer-backed claim for the file and memory sinks: lets `write` fill
+/// up to `header.payload_len` payload bytes of `scratch` (grown to the
+/// largest claim, never zeroed again: no allocation or memset per entry)
+/// and seals the frame; returns its bytes, `None` when nothing is committed.
+fn claim_in_scratch<'s>(
+    scratch: &'s mut Vec<u8>,
+    header: Header,
+    write: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+) -> Result<Option<&'s [u8]>, LogSinkError> {
+    let (seq, kind, max_len) = (header.seq, header.kind, header.payload_len as usize);
+    let room = frame_len(max_len);
+    if scratch.len() < room {
+        scratch.resize(room, 0);
+    }
+    let Some(n) = write(&mut scratch[HEADER_LEN..HEADER_LEN + max_len]) else {
+        return Ok(None);
+    };
+    if n > max_len {
+        return Err(overlong(seq, kind, max_len, n));
+    }
+    let header = Header::new(kind, seq, header.exit_ordinal, n);
+    let frame = &mut scratch[..frame_len(n)];
+    seal(frame, &header).map_err(|source| LogSinkError::Encode { seq, source })?;
+    Ok(Some(frame))
+}
+
+/// One log entry, lent by a [`LogSource`] out of its receive buffer, replay
+/// ring or file buffer until [`LogSource::consume`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryRef<'a> {
+    /// The frame header (kind, seq, exit ordinal, payload length).
+    pub header: Header,
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
+impl EntryRef<'_> {
+    /// An owned copy.
+    pub fn to_entry(&self) -> LogEntry {
+        LogEntry {
+            header: self.header,
+            payload: self.payload.to_vec(),
+        }
+    }
+}
+
+impl LogEntry {
+    /// The entry, borrowed.
+    pub fn as_ref(&self) -> EntryRef<'_> {
+        EntryRef {
+            header: self.header,
+            payload: &self.payload,
+        }
+    }
+}
+
+impl<'a> From<ftvm_wire::Frame<'a>> for EntryRef<'a> {
+    fn from(f: ftvm_wire::Frame<'a>) -> EntryRef<'a> {
+        EntryRef {
+            header: f.header,
+            payload: f.payload,
+        }
+    }
 }
 
 /// What a [`LogSource`] has next.
 #[derive(Debug)]
 pub enum SourcePoll {
-    /// The next entry (control frames are not returned).
-    Entry(LogEntry),
+    /// An entry is ready: [`LogSource::peek`] lends it (control frames are
+    /// not returned).
+    Ready,
     /// Nothing yet; more may come (the replayer polls again).
     Pending,
     /// The log has ended; nothing more will come.
@@ -110,14 +232,24 @@ pub enum SourcePoll {
     },
 }
 
-/// Replay side: yields the primary's entries in order.
+/// Replay side: yields the primary's entries in order, lent, never copied
+/// out.
 ///
-/// `poll_entry` may block for a while or return [`SourcePoll::Pending`]; the
-/// replayer calls it again after a spin hint. A source never returns a corrupt
-/// entry: it returns an error naming the offset or sequence number instead.
+/// The replayer calls `poll` until it says [`SourcePoll::Ready`] (`poll`
+/// may block for a while or return [`SourcePoll::Pending`]; it is called
+/// again after a spin hint), reads the entry with `peek` — the same entry
+/// on every call — and calls `consume` once it has applied it. A source
+/// never lends a corrupt entry: `poll` returns an error naming the offset or
+/// sequence number instead. Frames checked on receipt are read back with
+/// the wire's `raw` accessors, not checked twice.
 pub trait LogSource: Send {
-    /// The next entry, `Pending`, or `End`.
-    fn poll_entry(&mut self) -> Result<SourcePoll, LogSourceError>;
+    /// Readies the next entry (`Ready` at once while one is ready).
+    fn poll(&mut self) -> Result<SourcePoll, LogSourceError>;
+    /// The ready entry (`None` unless the last `poll` said `Ready`).
+    fn peek(&mut self) -> Option<EntryRef<'_>>;
+    /// The replayer applied the ready entry: the next `poll` readies the
+    /// one after it.
+    fn consume(&mut self);
 }
 
 /// A [`LogSink`] writing a log file.
@@ -127,6 +259,7 @@ pub struct LogFileWriter {
     out: BufWriter<File>,
     buf: Vec<u8>,
     bytes: u64,
+    next_seq: u64,
 }
 
 impl LogFileWriter {
@@ -144,6 +277,7 @@ impl LogFileWriter {
             out,
             buf: Vec::new(),
             bytes: file_header().len() as u64,
+            next_seq: 1,
         })
     }
 
@@ -154,22 +288,31 @@ impl LogFileWriter {
 }
 
 impl LogSink for LogFileWriter {
-    fn append(&mut self, header: &Header, payload: &[u8]) -> Result<(), LogSinkError> {
-        let len = frame_len(payload.len());
-        self.buf.clear();
-        self.buf.resize(len, 0);
-        encode(&mut self.buf, header, payload).map_err(|source| LogSinkError::Encode {
-            seq: header.seq,
-            source,
-        })?;
+    fn claim(
+        &mut self,
+        kind: Kind,
+        exit_ordinal: u64,
+        max_len: usize,
+        write: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+    ) -> Result<Option<u64>, LogSinkError> {
+        let seq = self.next_seq;
+        let header = Header::new(kind, seq, exit_ordinal, max_len);
+        let Some(frame) = claim_in_scratch(&mut self.buf, header, write)? else {
+            return Ok(None);
+        };
         self.out
-            .write_all(&self.buf)
+            .write_all(frame)
             .map_err(|source| LogSinkError::Io {
                 path: self.path.clone(),
                 source,
             })?;
-        self.bytes += len as u64;
-        Ok(())
+        self.bytes += frame.len() as u64;
+        self.next_seq += 1;
+        Ok(Some(seq))
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.next_seq
     }
 
     fn flush(&mut self) -> Result<(), LogSinkError> {
@@ -181,33 +324,96 @@ impl LogSink for LogFileWriter {
 }
 
 /// A [`LogSink`] keeping frames in memory (tests, benchmarks).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryLog {
     /// File header followed by frames: the bytes of a log file.
     pub bytes: Vec<u8>,
+    scratch: Vec<u8>,
+    next_seq: u64,
+}
+
+impl Default for MemoryLog {
+    fn default() -> MemoryLog {
+        MemoryLog::new()
+    }
 }
 
 impl MemoryLog {
     /// An empty log holding the file header.
     pub fn new() -> MemoryLog {
+        MemoryLog::with_capacity(0)
+    }
+
+    /// An empty log with room for `bytes` of frames before it grows.
+    pub fn with_capacity(bytes: usize) -> MemoryLog {
+        let mut log = Vec::with_capacity(file_header().len() + bytes);
+        log.extend_from_slice(&file_header());
         MemoryLog {
-            bytes: file_header().to_vec(),
+            bytes: log,
+            scratch: Vec::new(),
+            next_seq: 1,
         }
     }
 }
 
 impl LogSink for MemoryLog {
-    fn append(&mut self, header: &Header, payload: &[u8]) -> Result<(), LogSinkError> {
-        let start = self.bytes.len();
-        self.bytes.resize(start + frame_len(payload.len()), 0);
-        encode(&mut self.bytes[start..], header, payload).map_err(|source| {
-            self.bytes.truncate(start);
-            LogSinkError::Encode {
-                seq: header.seq,
-                source,
-            }
-        })?;
+    fn claim(
+        &mut self,
+        kind: Kind,
+        exit_ordinal: u64,
+        max_len: usize,
+        write: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+    ) -> Result<Option<u64>, LogSinkError> {
+        let seq = self.next_seq;
+        let header = Header::new(kind, seq, exit_ordinal, max_len);
+        let Some(frame) = claim_in_scratch(&mut self.scratch, header, write)? else {
+            return Ok(None);
+        };
+        self.bytes.extend_from_slice(frame);
+        self.next_seq += 1;
+        Ok(Some(seq))
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    fn flush(&mut self) -> Result<(), LogSinkError> {
         Ok(())
+    }
+}
+
+/// A [`MemoryLog`] shared with whoever reads it while (or after) a VM
+/// writes it (tests, benchmarks).
+#[derive(Clone, Debug, Default)]
+pub struct SharedLog(pub std::sync::Arc<std::sync::Mutex<MemoryLog>>);
+
+impl SharedLog {
+    /// The log's bytes so far (a log file).
+    pub fn bytes(&self) -> Vec<u8> {
+        self.lock().bytes.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryLog> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl LogSink for SharedLog {
+    fn claim(
+        &mut self,
+        kind: Kind,
+        exit_ordinal: u64,
+        max_len: usize,
+        write: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+    ) -> Result<Option<u64>, LogSinkError> {
+        self.lock().claim(kind, exit_ordinal, max_len, write)
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.lock().next_seq()
     }
 
     fn flush(&mut self) -> Result<(), LogSinkError> {
@@ -222,11 +428,16 @@ impl LogSink for MemoryLog {
 pub struct LogFileReader {
     path: PathBuf,
     frames: Frames,
+    /// `peek` has an entry (the last `poll` said `Ready`).
+    ready: bool,
 }
 
 enum Frames {
     Memory {
-        entries: std::vec::IntoIter<LogEntry>,
+        /// The file's bytes.
+        data: Vec<u8>,
+        /// Where each checked entry frame starts, in order.
+        starts: std::collections::VecDeque<usize>,
         error: Option<LogFileError>,
     },
     Stream(Box<ftvm_wire::logfile::LogStream<std::io::BufReader<std::fs::File>>>),
@@ -258,24 +469,24 @@ impl LogFileReader {
         Ok(LogFileReader {
             path: path.to_path_buf(),
             frames: Frames::Stream(Box::new(stream)),
+            ready: false,
         })
     }
 
-    /// Parses log-file bytes (`path` is only used in messages).
+    /// Checks log-file bytes (`path` is only used in messages); the entries
+    /// are lent out of one copy of them.
     pub fn from_bytes(path: &Path, data: &[u8]) -> Result<LogFileReader, LogSourceError> {
         let reader = LogReader::new(data).map_err(|source| LogSourceError::Corrupt {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut entries = Vec::new();
+        let mut starts = std::collections::VecDeque::new();
         let mut error = None;
         for item in reader {
             match item {
                 Ok((_, frame)) if frame.header.kind.is_control() => {}
-                Ok((_, frame)) => entries.push(LogEntry {
-                    header: frame.header,
-                    payload: frame.payload.to_vec(),
-                }),
+                // Cannot truncate: offsets of an in-memory slice.
+                Ok((offset, _)) => starts.push_back(offset as usize),
                 Err(e) => {
                     error = Some(e);
                     break;
@@ -285,31 +496,37 @@ impl LogFileReader {
         Ok(LogFileReader {
             path: path.to_path_buf(),
             frames: Frames::Memory {
-                entries: entries.into_iter(),
+                data: data.to_vec(),
+                starts,
                 error,
             },
+            ready: false,
         })
     }
 
-    /// Entries not yet returned (parsed from bytes; `None` when streamed).
+    /// Entries not yet consumed (parsed from bytes; `None` when streamed).
     pub fn remaining(&self) -> Option<usize> {
         match &self.frames {
-            Frames::Memory { entries, .. } => Some(entries.len()),
+            Frames::Memory { starts, .. } => Some(starts.len()),
             Frames::Stream(_) => None,
         }
     }
 }
 
 impl LogSource for LogFileReader {
-    fn poll_entry(&mut self) -> Result<SourcePoll, LogSourceError> {
+    fn poll(&mut self) -> Result<SourcePoll, LogSourceError> {
+        if self.ready {
+            return Ok(SourcePoll::Ready);
+        }
         let corrupt = |path: &Path, source| LogSourceError::Corrupt {
             path: path.to_path_buf(),
             source,
         };
         match &mut self.frames {
-            Frames::Memory { entries, error } => {
-                if let Some(e) = entries.next() {
-                    return Ok(SourcePoll::Entry(e));
+            Frames::Memory { starts, error, .. } => {
+                if !starts.is_empty() {
+                    self.ready = true;
+                    return Ok(SourcePoll::Ready);
                 }
                 match error.take() {
                     Some(source) => Err(corrupt(&self.path, source)),
@@ -321,14 +538,32 @@ impl LogSource for LogFileReader {
                     None => return Ok(SourcePoll::End),
                     Some(Err(source)) => return Err(corrupt(&self.path, source)),
                     Some(Ok((_, frame))) if frame.header.kind.is_control() => {}
-                    Some(Ok((_, frame))) => {
-                        return Ok(SourcePoll::Entry(LogEntry {
-                            header: frame.header,
-                            payload: frame.payload.to_vec(),
-                        }));
+                    Some(Ok(_)) => {
+                        self.ready = true;
+                        return Ok(SourcePoll::Ready);
                     }
                 }
             },
+        }
+    }
+
+    fn peek(&mut self) -> Option<EntryRef<'_>> {
+        if !self.ready {
+            return None;
+        }
+        // Both frames were checked when `poll` readied them: read raw.
+        let frame = match &self.frames {
+            Frames::Memory { data, starts, .. } => ftvm_wire::raw::frame(&data[*starts.front()?..]),
+            Frames::Stream(stream) => stream.current(),
+        };
+        frame.map(EntryRef::from)
+    }
+
+    fn consume(&mut self) {
+        if std::mem::take(&mut self.ready)
+            && let Frames::Memory { starts, .. } = &mut self.frames
+        {
+            starts.pop_front();
         }
     }
 }
@@ -358,11 +593,10 @@ mod tests {
     fn sample() -> MemoryLog {
         let mut log = MemoryLog::new();
         for seq in 1..=3u64 {
-            log.append(
-                &Header::new(Kind::Clock, seq, seq * 10, 12),
-                &[seq as u8; 12],
-            )
-            .unwrap();
+            assert_eq!(
+                log.append(Kind::Clock, seq * 10, &[seq as u8; 12]).unwrap(),
+                seq
+            );
         }
         log
     }
@@ -372,18 +606,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.log");
         let mut w = LogFileWriter::create(&path).unwrap();
-        w.append(&Header::new(Kind::Random, 1, 4, 3), b"abc")
+        assert_eq!(w.append(Kind::Random, 4, b"abc").unwrap(), 1);
+        // A claim written shorter than claimed, and one abandoned.
+        let seq = w
+            .claim(Kind::Random, 5, 64, &mut |buf| {
+                buf[..2].copy_from_slice(b"de");
+                Some(2)
+            })
             .unwrap();
+        assert_eq!(seq, Some(2));
+        assert_eq!(w.claim(Kind::Random, 6, 8, &mut |_| None).unwrap(), None);
+        assert_eq!(w.next_seq(), 3);
         w.flush().unwrap();
         let mut r = LogFileReader::open(&path).unwrap();
-        match r.poll_entry().unwrap() {
-            SourcePoll::Entry(e) => {
-                assert_eq!(e.header.exit_ordinal, 4);
-                assert_eq!(e.payload, b"abc");
-            }
-            other => panic!("{other:?}"),
+        for (ordinal, payload) in [(4, &b"abc"[..]), (5, b"de")] {
+            assert!(matches!(r.poll().unwrap(), SourcePoll::Ready));
+            // Lent again, unchanged, until consumed.
+            assert!(matches!(r.poll().unwrap(), SourcePoll::Ready));
+            let e = r.peek().unwrap();
+            assert_eq!((e.header.exit_ordinal, e.payload), (ordinal, payload));
+            r.consume();
         }
-        assert!(matches!(r.poll_entry().unwrap(), SourcePoll::End));
+        assert!(matches!(r.poll().unwrap(), SourcePoll::End));
+        assert!(r.peek().is_none());
     }
 
     #[test]
@@ -392,9 +637,12 @@ mod tests {
         let cut = &log.bytes[..log.bytes.len() - 3];
         let mut r = LogFileReader::from_bytes(Path::new("t.log"), cut).unwrap();
         assert_eq!(r.remaining(), Some(2));
-        r.poll_entry().unwrap();
-        r.poll_entry().unwrap();
-        let e = crate::error_chain(&r.poll_entry().unwrap_err());
+        for seq in 1..=2 {
+            assert!(matches!(r.poll().unwrap(), SourcePoll::Ready));
+            assert_eq!(r.peek().unwrap().header.seq, seq);
+            r.consume();
+        }
+        let e = crate::error_chain(&r.poll().unwrap_err());
         assert!(e.contains("t.log") && e.contains("offset 128"), "{e}");
     }
 
@@ -403,5 +651,25 @@ mod tests {
         let e = LogFileReader::from_bytes(Path::new("x"), b"not a log file at all").unwrap_err();
         let e = crate::error_chain(&e);
         assert!(e.starts_with("log x: not an ftvm log file"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod claim_tests {
+    use super::*;
+
+    #[test]
+    fn an_overlong_claim_is_refused_and_nothing_is_logged() {
+        let mut log = MemoryLog::new();
+        let e = log
+            .claim(Kind::Clock, 3, 8, &mut |_| Some(9))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "entry seq 1 (clock) was written 9 bytes long, 8 were claimed"
+        );
+        assert_eq!(log.bytes, file_header());
+        assert_eq!(log.append(Kind::Clock, 3, &[1; 8]).unwrap(), 1);
     }
 }

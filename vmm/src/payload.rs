@@ -21,10 +21,10 @@ fn u64_at(p: &[u8], off: usize) -> Option<u64> {
     Some(u64::from_le_bytes(p.get(off..off + 8)?.try_into().ok()?))
 }
 
-/// Appends the input prefix for `port` to `out`.
-pub fn put_input_prefix(out: &mut Vec<u8>, port: u16) {
-    out.extend_from_slice(&port.to_le_bytes());
-    out.extend_from_slice(&[0, 0]);
+/// Writes the input prefix for `port` into `out` (`INPUT_PREFIX_LEN` bytes).
+pub fn put_input_prefix(out: &mut [u8], port: u16) {
+    out[..2].copy_from_slice(&port.to_le_bytes());
+    out[2..INPUT_PREFIX_LEN].fill(0);
 }
 
 /// The port of an input entry's payload, if the payload is long enough.
@@ -229,11 +229,11 @@ mod tests {
             describe_entry(Kind::Interrupt, &interrupt_payload(0x20)),
             "vector 0x20"
         );
-        let mut p = Vec::new();
+        let mut p = vec![0xff; INPUT_PREFIX_LEN];
         put_input_prefix(&mut p, 0x20);
         p.extend_from_slice(&42u64.to_le_bytes());
         assert_eq!(describe_entry(Kind::Clock, &p), "port 0x20 42 ns");
-        let mut p = Vec::new();
+        let mut p = vec![0xff; INPUT_PREFIX_LEN];
         put_input_prefix(&mut p, 0x21);
         p.extend_from_slice(&[0xab; 20]);
         assert_eq!(

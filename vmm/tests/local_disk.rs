@@ -217,7 +217,7 @@ fn a_live_transfer_copies_the_local_disk_and_re_sends_blocks_written_during_the_
         let (mut c, _) = common::config("echo", 1);
         local(&mut c, &spare_disk);
         let (tx, rx) = mpsc::channel();
-        let vm = Vm::new(c, RunMode::Replay(Box::new(ChannelSource(rx)))).unwrap();
+        let vm = Vm::new(c, RunMode::Replay(Box::new(ChannelSource::of(rx)))).unwrap();
         (vm, tx)
     };
     let (w, r) = pipe(4);
@@ -241,7 +241,7 @@ fn a_live_transfer_copies_the_local_disk_and_re_sends_blocks_written_during_the_
             ..PrecopyConfig::default()
         };
         send_live(&control, w, &cfg, move |b| {
-            b.record_into(Box::new(ChannelSink(tx)))
+            b.record_into(Box::new(ChannelSink::of(tx)))
                 .expect("start logging at the join");
         })
         .map(|(report, _)| report)
@@ -328,7 +328,9 @@ fn bad_local_disk_streams_are_refused_by_name() {
         }
         Vm::new(
             c,
-            RunMode::Replay(Box::new(common::state::ChannelSource(mpsc::channel().1))),
+            RunMode::Replay(Box::new(common::state::ChannelSource::of(
+                mpsc::channel().1,
+            ))),
         )
         .unwrap()
     };

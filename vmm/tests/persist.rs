@@ -108,7 +108,7 @@ fn kv_snapshot_under_load_restores_and_replays_to_the_same_digest() {
         } else {
             assert_eq!(vm.restore_snapshot(&snap).expect("restore"), snap.digest);
         }
-        for e in log.entries_after(snap.state.ordinal) {
+        for e in entries_after(&log, snap.state.ordinal) {
             tx.send(e).unwrap();
         }
         drop(tx);

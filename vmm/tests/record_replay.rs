@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use common::*;
 use ftvm_vmm::{
-    Device, DeviceError, Divergence, ExitCtx, LogFileReader, LogFileWriter, MemoryLog, RunMode,
-    StopReason, VmError,
+    Device, DeviceError, Divergence, ExitCtx, LogFileReader, LogFileWriter, RunMode, StopReason,
+    VmError,
 };
 use ftvm_wire::logfile::LogReader;
 use ftvm_wire::{Header, Kind, encode, frame_len};
@@ -32,33 +32,7 @@ fn replay(guest: &str, arg: u64, cpl: u8, log: &[u8]) -> Result<ftvm_vmm::RunOut
     run(c, RunMode::Replay(Box::new(src)))
 }
 
-/// A MemoryLog shared with the test after the VM is gone.
-#[derive(Clone, Default)]
-struct SharedLog(std::sync::Arc<std::sync::Mutex<MemoryLog>>);
-
-impl SharedLog {
-    fn bytes(&self) -> Vec<u8> {
-        let g = self.0.lock().unwrap();
-        if g.bytes.is_empty() {
-            MemoryLog::new().bytes
-        } else {
-            g.bytes.clone()
-        }
-    }
-}
-
-impl ftvm_vmm::LogSink for SharedLog {
-    fn append(&mut self, h: &Header, p: &[u8]) -> Result<(), ftvm_vmm::LogSinkError> {
-        let mut g = self.0.lock().unwrap();
-        if g.bytes.is_empty() {
-            *g = MemoryLog::new();
-        }
-        g.append(h, p)
-    }
-    fn flush(&mut self) -> Result<(), ftvm_vmm::LogSinkError> {
-        Ok(())
-    }
-}
+use ftvm_vmm::log::SharedLog;
 
 fn entries(log: &[u8]) -> Vec<(Header, Vec<u8>)> {
     LogReader::new(log)

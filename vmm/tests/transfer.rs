@@ -28,7 +28,11 @@ fn live_transfer_under_load(mem_mib: u32) {
         let (mut c, _) = config("kv", 0);
         c.mem_mib = mem_mib;
         let (tx, rx) = std::sync::mpsc::channel();
-        let vm = Vm::new(c, ftvm_vmm::RunMode::Replay(Box::new(ChannelSource(rx)))).unwrap();
+        let vm = Vm::new(
+            c,
+            ftvm_vmm::RunMode::Replay(Box::new(ChannelSource::of(rx))),
+        )
+        .unwrap();
         (vm, tx)
     };
     let (w, r) = pipe(64);
@@ -71,7 +75,7 @@ fn live_transfer_under_load(mem_mib: u32) {
     );
 
     // The new VM continues exactly as the original did.
-    for e in log.entries_after(sent.ordinal) {
+    for e in entries_after(&log, sent.ordinal) {
         tx.send(e).unwrap();
     }
     drop(tx);
@@ -84,7 +88,7 @@ fn live_transfer_under_load(mem_mib: u32) {
     // checkpoints still match a replay of the whole log (the tracker hid no
     // page from the digest).
     let (mut full, tx) = replayer_sized(mem_mib);
-    for e in log.entries_after(0) {
+    for e in entries_after(&log, 0) {
         tx.send(e).unwrap();
     }
     drop(tx);
@@ -97,7 +101,11 @@ fn replayer_sized(mem_mib: u32) -> (Vm, std::sync::mpsc::Sender<ftvm_vmm::LogEnt
     let (mut c, _) = config("kv", 0);
     c.mem_mib = mem_mib;
     let (tx, rx) = std::sync::mpsc::channel();
-    let vm = Vm::new(c, ftvm_vmm::RunMode::Replay(Box::new(ChannelSource(rx)))).unwrap();
+    let vm = Vm::new(
+        c,
+        ftvm_vmm::RunMode::Replay(Box::new(ChannelSource::of(rx))),
+    )
+    .unwrap();
     (vm, tx)
 }
 
@@ -126,7 +134,7 @@ fn an_unprotected_primary_starts_logging_at_the_join_and_the_spare_follows() {
     let control = primary.control.clone();
     let sender = std::thread::spawn(move || {
         send_live(&control, w, &PrecopyConfig::default(), move |b| {
-            b.record_into(Box::new(ChannelSink(tx)))
+            b.record_into(Box::new(ChannelSink::of(tx)))
                 .expect("start logging at the join");
         })
         .map(|(report, _)| report)

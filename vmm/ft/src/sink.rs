@@ -30,7 +30,7 @@ use ftvm_channel::{AppendError, Appender};
 use ftvm_vmm::Counter;
 use ftvm_vmm::log::{LogSink, LogSinkError};
 use ftvm_vmm::{EventSource, EventSourceError, PollPoint};
-use ftvm_wire::Header;
+use ftvm_wire::Kind;
 
 use crate::driver::{DriverError, DriverShared, PrimaryDriver, Protection};
 
@@ -237,19 +237,35 @@ impl ChannelSink {
 }
 
 impl LogSink for ChannelSink {
-    fn append(&mut self, header: &Header, payload: &[u8]) -> Result<(), LogSinkError> {
-        if header.seq != self.app.next_seq() {
-            return Err(LogSinkError::Closed(format!(
-                "VMM appended seq {} but the channel's next seq is {}",
-                header.seq,
-                self.app.next_seq()
-            )));
-        }
+    /// Claims the entry in the log ring itself: the device writes into the
+    /// ring, the ring's claim seals and commits it and gives it its seq (the
+    /// one count of entries there is).
+    fn claim(
+        &mut self,
+        kind: Kind,
+        exit_ordinal: u64,
+        max_len: usize,
+        write: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+    ) -> Result<Option<u64>, LogSinkError> {
         let mut waited: Option<Instant> = None;
         let mut spins = 0;
-        loop {
-            match self.app.append(header.kind, header.exit_ordinal, payload) {
-                Ok(_) => break,
+        let (seq, len) = loop {
+            match self.app.claim(kind, exit_ordinal, max_len) {
+                Ok(mut claim) => {
+                    let Some(n) = write(claim.payload()) else {
+                        return Ok(None);
+                    };
+                    let seq = claim.seq();
+                    break (
+                        claim.commit_len(n).map_err(|_| LogSinkError::Overlong {
+                            seq,
+                            kind,
+                            claimed: max_len,
+                            written: n,
+                        })?,
+                        n,
+                    );
+                }
                 Err(AppendError::Full { .. }) => {
                     // Flow control: the vCPU pauses until the ring drains.
                     waited.get_or_insert_with(Instant::now);
@@ -258,21 +274,29 @@ impl LogSink for ChannelSink {
                 Err(e) => {
                     return Err(LogSinkError::Closed(format!(
                         "entry seq {} refused by the channel: {}",
-                        header.seq,
+                        self.app.next_seq(),
                         ftvm_vmm::error_chain(&e)
                     )));
                 }
             }
-        }
+        };
         if let Some(t) = waited {
             self.stats.full_waits.add(1);
             self.stats.full_wait_us.add(t.elapsed().as_micros() as u64);
         }
         self.stats.entries.add(1);
-        self.stats.bytes.add(header.frame_len() as u64);
-        self.stats.exit_ordinal.set(header.exit_ordinal);
-        self.lag_control(header.seq);
-        Ok(())
+        self.stats.bytes.add(ftvm_wire::frame_len(len) as u64);
+        self.stats.exit_ordinal.set(exit_ordinal);
+        self.lag_control(seq);
+        Ok(Some(seq))
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.app.next_seq()
+    }
+
+    fn max_payload_len(&self) -> usize {
+        self.app.max_payload_len()
     }
 
     /// The VM stopped: the driver finishes (ships the rest, waits for the
@@ -328,13 +352,46 @@ impl<A: LogSink, B: LogSink> TeeSink<A, B> {
 }
 
 impl<A: LogSink, B: LogSink> LogSink for TeeSink<A, B> {
-    fn append(&mut self, header: &Header, payload: &[u8]) -> Result<(), LogSinkError> {
-        self.first.append(header, payload)?;
-        self.second.append(header, payload)?;
-        if header.kind.is_output() {
+    /// The entry is written in place into `first`'s claim and copied from
+    /// there into `second` before `first` commits; the two sinks number
+    /// their entries alike (both from 1), so the seqs agree.
+    fn claim(
+        &mut self,
+        kind: Kind,
+        exit_ordinal: u64,
+        max_len: usize,
+        write: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+    ) -> Result<Option<u64>, LogSinkError> {
+        let second = &mut self.second;
+        let mut failed = None;
+        let seq = self.first.claim(kind, exit_ordinal, max_len, &mut |buf| {
+            let n = write(buf)?;
+            let payload = buf.get(..n)?;
+            match second.append(kind, exit_ordinal, payload) {
+                Ok(_) => Some(n),
+                Err(e) => {
+                    failed = Some(e);
+                    None
+                }
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if kind.is_output() && seq.is_some() {
             self.second.flush()?;
         }
-        Ok(())
+        Ok(seq)
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.first.next_seq()
+    }
+
+    fn max_payload_len(&self) -> usize {
+        self.first
+            .max_payload_len()
+            .min(self.second.max_payload_len())
     }
 
     fn flush(&mut self) -> Result<(), LogSinkError> {

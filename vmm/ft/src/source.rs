@@ -16,7 +16,6 @@
 //! the backup itself stops replaying (divergence, a signal, an error) the
 //! source tells the primary at once with a Stop frame ([`Stopper`]).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -24,7 +23,7 @@ use std::time::Duration;
 use ftvm_channel::{Backup, BackupHandle, ChannelError, ReplayFeed, STOP_SEND_WAIT};
 use ftvm_ring::idle::Idler;
 use ftvm_vmm::Counter;
-use ftvm_vmm::log::{LogEntry, LogSource, LogSourceError, SourcePoll};
+use ftvm_vmm::log::{EntryRef, LogSource, LogSourceError, SourcePoll};
 use ftvm_wire::Frame;
 use ftvm_wire::control::StopCause;
 
@@ -88,7 +87,11 @@ enum Drive {
 #[derive(Debug)]
 pub struct ChannelSource {
     drive: Drive,
-    buf: VecDeque<LogEntry>,
+    /// Inline mode: entries received and not yet replayed, their frames
+    /// back to back (threaded mode lends them from the replay ring).
+    queue: FrameQueue,
+    /// The last `poll` said `Ready`: `peek` lends the oldest entry.
+    ready: bool,
     /// The channel's verdict once it stopped: Ok = orderly goodbye.
     ended: Option<Result<(), String>>,
     stats: Arc<SourceStats>,
@@ -98,10 +101,52 @@ pub struct ChannelSource {
     stopper: Stopper,
 }
 
-fn owned(f: &Frame<'_>) -> LogEntry {
-    LogEntry {
-        header: f.header,
-        payload: f.payload.to_vec(),
+/// Checked frames back to back in one reused buffer: received frames are
+/// copied in once (the receive buffer is reused by the next poll) and lent
+/// out from here. Grows to the largest backlog, then allocates no more.
+#[derive(Debug, Default)]
+struct FrameQueue {
+    bytes: Vec<u8>,
+    /// Offset of the oldest frame.
+    head: usize,
+    len: usize,
+}
+
+impl FrameQueue {
+    /// Compacts below this many dead bytes only when the queue is empty.
+    const COMPACT_AT: usize = 1 << 16;
+
+    fn push(&mut self, frame: &[u8]) {
+        if self.head == self.bytes.len() {
+            self.bytes.clear();
+            self.head = 0;
+        } else if self.head >= Self::COMPACT_AT && self.head * 2 >= self.bytes.len() {
+            self.bytes.copy_within(self.head.., 0);
+            self.bytes.truncate(self.bytes.len() - self.head);
+            self.head = 0;
+        }
+        self.bytes.extend_from_slice(frame);
+        self.len += 1;
+    }
+
+    /// The oldest frame (checked on receipt: read raw).
+    fn front(&self) -> Option<Frame<'_>> {
+        ftvm_wire::raw::frame(self.bytes.get(self.head..)?)
+    }
+
+    fn pop(&mut self) {
+        if let Some(f) = self.front() {
+            self.head += f.bytes.len();
+            self.len -= 1;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -145,7 +190,8 @@ impl ChannelSource {
     fn with(drive: Drive, status: Arc<BackupStatus>) -> ChannelSource {
         ChannelSource {
             drive,
-            buf: VecDeque::new(),
+            queue: FrameQueue::default(),
+            ready: false,
             ended: None,
             stats: status.replay.clone(),
             released: Arc::new(AtomicU64::new(0)),
@@ -174,11 +220,11 @@ impl ChannelSource {
         if self.ended.is_some() {
             return;
         }
-        let buf = &mut self.buf;
-        let ended = match &mut self.drive {
+        let queue = &mut self.queue;
+        let (ended, backlog) = match &mut self.drive {
             Drive::Inline(b, idler, park) => {
-                let result = b.poll(|_, f| buf.push_back(owned(f))).and_then(|work| {
-                    let idle = work == 0 && buf.is_empty() && !b.is_ended();
+                let result = b.poll(|_, f| queue.push(f.bytes)).and_then(|work| {
+                    let idle = work == 0 && queue.is_empty() && !b.is_ended();
                     if !idle {
                         idler.reset();
                     } else if idler.is_parking() {
@@ -191,72 +237,104 @@ impl ChannelSource {
                 // Relaxed: a watermark for the standby gate, read on this thread.
                 self.released.store(b.released_seq(), Ordering::Relaxed);
                 self.stats.publish(&b.stats());
-                match result {
+                let ended = match result {
                     Ok(_) if b.is_ended() => Some(Ok(())),
                     Ok(_) => None,
                     Err(e) => Some(Err(describe(&e))),
-                }
+                };
+                (ended, queue.len())
             }
             Drive::Threaded { feed, handle } => {
                 let finished = handle.as_ref().is_none_or(BackupHandle::is_finished);
-                let n = feed.drain(|f| buf.push_back(owned(f)));
-                self.stats.received.add(n as u64);
                 if let Some(h) = handle.as_ref() {
                     self.released.store(h.released_seq(), Ordering::Relaxed);
                 }
                 if finished {
-                    // Everything the thread received before it stopped is drained.
-                    let n = feed.drain(|f| buf.push_back(owned(f)));
-                    self.stats.received.add(n as u64);
+                    // Everything the thread received before it stopped is in
+                    // the replay ring; it is lent from there until drained.
                     let stats = &self.stats;
-                    Some(match handle.take() {
+                    let ended = match handle.take() {
                         Some(mut h) => h
                             .join()
                             .map(|s| stats.publish(&s))
                             .map_err(|e| describe(&e)),
                         None => Ok(()),
-                    })
+                    };
+                    (Some(ended), feed.len())
                 } else {
-                    None
+                    (None, 0)
                 }
             }
         };
         if let Some(Err(reason)) = &ended {
             // Replaying → Draining: the primary is lost as of now.
-            self.status.primary_lost(reason, self.buf.len());
+            self.status.primary_lost(reason, backlog);
         }
         if ended.is_some() {
             self.ended = ended;
         }
     }
 
-    fn report_replayed(&mut self, seq: u64, ordinal: u64) {
+    /// The oldest entry not yet replayed.
+    fn front(&mut self) -> Option<Frame<'_>> {
         match &mut self.drive {
-            Drive::Inline(b, ..) => b.set_replayed(seq, ordinal),
-            Drive::Threaded { feed, .. } => feed.set_replayed(seq, ordinal),
+            Drive::Inline(..) => self.queue.front(),
+            Drive::Threaded { feed, .. } => feed.peek(),
         }
     }
 }
 
 impl LogSource for ChannelSource {
-    fn poll_entry(&mut self) -> Result<SourcePoll, LogSourceError> {
+    fn poll(&mut self) -> Result<SourcePoll, LogSourceError> {
+        if self.ready {
+            return Ok(SourcePoll::Ready);
+        }
         // Poll on every call: entries are ACKed on receipt, not on replay.
         self.pump();
-        let Some(entry) = self.buf.pop_front() else {
-            return Ok(match &self.ended {
-                None => SourcePoll::Pending,
-                Some(Ok(())) => SourcePoll::End,
-                // Entries received before the fault were all replayed first.
-                Some(Err(e)) => SourcePoll::Lost { reason: e.clone() },
-            });
+        if self.front().is_some() {
+            self.ready = true;
+            if matches!(self.drive, Drive::Threaded { .. }) {
+                self.stats.received.add(1);
+            }
+            return Ok(SourcePoll::Ready);
+        }
+        Ok(match &self.ended {
+            None => SourcePoll::Pending,
+            Some(Ok(())) => SourcePoll::End,
+            // Entries received before the fault were all replayed first.
+            Some(Err(e)) => SourcePoll::Lost { reason: e.clone() },
+        })
+    }
+
+    fn peek(&mut self) -> Option<EntryRef<'_>> {
+        if !self.ready {
+            return None;
+        }
+        self.front().map(EntryRef::from)
+    }
+
+    /// The replayer applied the entry: its position goes to the primary in
+    /// the next ACK.
+    fn consume(&mut self) {
+        if !std::mem::take(&mut self.ready) {
+            return;
+        }
+        let Some(h) = self.front().map(|f| f.header) else {
+            return;
         };
-        // The previous entry has been applied by the replayer.
-        let seq = entry.header.seq;
-        self.report_replayed(seq - 1, entry.header.exit_ordinal);
-        self.stats.replayed.set(seq - 1);
-        self.stats.exit_ordinal.set(entry.header.exit_ordinal);
-        self.stats.backlog.set(self.buf.len() as u64);
-        Ok(SourcePoll::Entry(entry))
+        match &mut self.drive {
+            Drive::Inline(b, ..) => {
+                self.queue.pop();
+                b.set_replayed(h.seq, h.exit_ordinal);
+            }
+            Drive::Threaded { feed, .. } => {
+                feed.consume();
+                feed.set_replayed(h.seq, h.exit_ordinal);
+            }
+        }
+        self.stats.replayed.set(h.seq);
+        self.stats.exit_ordinal.set(h.exit_ordinal);
+        self.stats.backlog.set(self.queue.len() as u64);
     }
 }
 

@@ -209,11 +209,15 @@ pub fn join_as_backup(
 pub struct Unattached;
 
 impl ftvm_vmm::LogSource for Unattached {
-    fn poll_entry(&mut self) -> Result<ftvm_vmm::SourcePoll, ftvm_vmm::LogSourceError> {
+    fn poll(&mut self) -> Result<ftvm_vmm::SourcePoll, ftvm_vmm::LogSourceError> {
         Err(ftvm_vmm::LogSourceError::Channel(
             "the spare has no live side to replay yet".into(),
         ))
     }
+    fn peek(&mut self) -> Option<ftvm_vmm::log::EntryRef<'_>> {
+        None
+    }
+    fn consume(&mut self) {}
 }
 
 /// A transfer connection that sends nothing for this long is cut.

@@ -348,19 +348,26 @@ impl Block {
     fn info(&mut self, ctx: &mut ExitCtx<'_>, port: u16, gpa: u64) -> Result<(), DeviceError> {
         let file = self.file.is_some();
         let host_sectors = self.host_sectors;
-        let bytes = ctx.input(Kind::PortIn, port, |buf| {
-            if !file {
-                return Err(Block::no_file("INFO"));
-            }
-            buf.extend_from_slice(&host_sectors.to_le_bytes());
-            Ok(())
-        })?;
-        let sectors = <[u8; 8]>::try_from(bytes.as_slice())
-            .map(u64::from_le_bytes)
-            .map_err(|_| DeviceError::BadRequest {
-                port,
-                detail: format!("INFO input of {} bytes, expected 8", bytes.len()),
-            })?;
+        let sectors = ctx.input(
+            Kind::PortIn,
+            port,
+            8,
+            |buf| {
+                if !file {
+                    return Err(Block::no_file("INFO"));
+                }
+                buf[..8].copy_from_slice(&host_sectors.to_le_bytes());
+                Ok(8)
+            },
+            |bytes| {
+                <[u8; 8]>::try_from(bytes)
+                    .map(u64::from_le_bytes)
+                    .map_err(|_| DeviceError::BadRequest {
+                        port,
+                        detail: format!("INFO input of {} bytes, expected 8", bytes.len()),
+                    })
+            },
+        )?;
         if self.mode == DiskMode::Local && sectors != host_sectors {
             return Err(DeviceError::Host {
                 what: format!(
@@ -440,58 +447,66 @@ impl Block {
         if op == OP_READ {
             let file = self.file.clone();
             let held = self.held.clone();
-            let data = ctx.input(Kind::DiskRead, port, |out| {
-                let (Some(file), Some(held)) = (file, held) else {
-                    return Err(Block::no_file("read"));
-                };
-                // Held across the read: a release cannot drop a sector
-                // between our `pread` and the patch.
-                let held = lock_held(&held);
-                out.extend_from_slice(&status::OK.to_le_bytes());
-                out.extend_from_slice(&[0; 4]);
-                out.resize(8 + len, 0);
-                // A short file reads as zeros; a failing read is reported
-                // to the guest as IO_ERROR (and logged, so replay agrees).
-                let mut done = 0;
-                while done < len {
-                    match file.read_at(&mut out[8 + done..], offset + done as u64) {
-                        Ok(0) => break,
-                        Ok(n) => done += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(_) => {
-                            out.truncate(8);
-                            out[0..4].copy_from_slice(&status::IO_ERROR.to_le_bytes());
-                            return Ok(());
+            let stats = &self.stats;
+            return ctx.input(
+                Kind::DiskRead,
+                port,
+                8 + len,
+                |out| {
+                    let (Some(file), Some(held)) = (file, held) else {
+                        return Err(Block::no_file("read"));
+                    };
+                    // Held across the read: a release cannot drop a sector
+                    // between our `pread` and the patch.
+                    let held = lock_held(&held);
+                    out[0..4].copy_from_slice(&status::OK.to_le_bytes());
+                    out[4..8].fill(0);
+                    let data = &mut out[8..8 + len];
+                    // A short file reads as zeros; a failing read is reported
+                    // to the guest as IO_ERROR (and logged, so replay agrees).
+                    let mut done = 0;
+                    while done < len {
+                        match file.read_at(&mut data[done..], offset + done as u64) {
+                            Ok(0) => break,
+                            Ok(n) => done += n,
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(_) => {
+                                out[0..4].copy_from_slice(&status::IO_ERROR.to_le_bytes());
+                                return Ok(8);
+                            }
                         }
                     }
-                }
-                held.patch(sector, &mut out[8..]);
-                Ok(())
-            })?;
-            let st = data
-                .get(0..4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-            return match st {
-                Some(status::OK) if data.len() == 8 + len => {
-                    mem.write(buf, &data[8..])?;
-                    self.stats.reads.add(1);
-                    self.stats.read_bytes.add(len as u64);
-                    Ok(status::OK)
-                }
-                Some(status::IO_ERROR) if data.len() == 8 => Ok(status::IO_ERROR),
-                _ => Err(DeviceError::BadRequest {
-                    port,
-                    detail: format!(
-                        "DiskRead input of {} bytes (status {st:?}) for a {len}-byte read of sector {sector}{}",
-                        data.len(),
-                        if is_local_form(&data) {
-                            ": a local-disk entry (digest only), this device's disk mode is shared"
-                        } else {
-                            ""
+                    data[done..].fill(0);
+                    held.patch(sector, data);
+                    Ok(8 + len)
+                },
+                |data| {
+                    let st = data
+                        .get(0..4)
+                        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                    match st {
+                        Some(status::OK) if data.len() == 8 + len => {
+                            mem.write(buf, &data[8..])?;
+                            stats.reads.add(1);
+                            stats.read_bytes.add(len as u64);
+                            Ok(status::OK)
                         }
-                    ),
-                }),
-            };
+                        Some(status::IO_ERROR) if data.len() == 8 => Ok(status::IO_ERROR),
+                        _ => Err(DeviceError::BadRequest {
+                            port,
+                            detail: format!(
+                                "DiskRead input of {} bytes (status {st:?}) for a {len}-byte read of sector {sector}{}",
+                                data.len(),
+                                if is_local_form(data) {
+                                    ": a local-disk entry (digest only), this device's disk mode is shared"
+                                } else {
+                                    ""
+                                }
+                            ),
+                        }),
+                    }
+                },
+            );
         }
         let data: Arc<[u8]> = mem.read_vec(buf, len)?.into();
         let file = self.file.clone();
@@ -560,33 +575,47 @@ impl Block {
     ) -> Result<u32, DeviceError> {
         let (own_status, own) = pread(self.local_file("read")?, sector * SECTOR, len);
         let digest = fnv1a64(&own);
-        let logged = ctx.input(Kind::DiskRead, port, |out| {
-            out.extend_from_slice(&own_status.to_le_bytes());
-            out.extend_from_slice(&FORM_LOCAL.to_le_bytes());
-            out.extend_from_slice(&(len as u32).to_le_bytes());
-            out.extend_from_slice(&[0; 4]);
-            out.extend_from_slice(&digest.to_le_bytes());
-            Ok(())
-        })?;
+        // The logged entry's length and first bytes (a local-form entry is
+        // LOCAL_READ_LEN bytes; longer ones only need their length named).
+        let (logged_len, head) = ctx.input(
+            Kind::DiskRead,
+            port,
+            LOCAL_READ_LEN,
+            |out| {
+                out[0..4].copy_from_slice(&own_status.to_le_bytes());
+                out[4..8].copy_from_slice(&FORM_LOCAL.to_le_bytes());
+                out[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+                out[12..16].fill(0);
+                out[16..24].copy_from_slice(&digest.to_le_bytes());
+                Ok(LOCAL_READ_LEN)
+            },
+            |logged| {
+                let mut head = [0u8; LOCAL_READ_LEN];
+                let n = logged.len().min(LOCAL_READ_LEN);
+                head[..n].copy_from_slice(&logged[..n]);
+                Ok((logged.len(), head))
+            },
+        )?;
+        let logged = &head[..logged_len.min(LOCAL_READ_LEN)];
         let ordinal = ctx.ordinal();
-        if !is_local_form(&logged) || word(&logged, 8) as usize != len {
+        if !is_local_form(logged) || word(logged, 8) as usize != len {
             return Err(Divergence::Entry {
                 ordinal,
                 expected: format!(
                     "a local-disk DiskRead entry (digest) for a {len}-byte read of sector {sector}"
                 ),
-                found: if logged.len() == 8 + len || logged.len() == 8 {
+                found: if logged_len == 8 + len || logged_len == 8 {
                     format!(
                         "a shared-disk DiskRead entry of {} bytes: the primary's disk mode is shared, this side's local",
-                        logged.len()
+                        logged_len
                     )
                 } else {
-                    format!("a DiskRead entry of {} bytes", logged.len())
+                    format!("a DiskRead entry of {} bytes", logged_len)
                 },
             }
             .into());
         }
-        let log_status = word(&logged, 0);
+        let log_status = word(logged, 0);
         if log_status == status::IO_ERROR {
             // The primary's read failed: the guest sees the same on every side.
             return Ok(status::IO_ERROR);
@@ -678,21 +707,9 @@ mod tests {
     use super::*;
     use crate::device::ExitRequests;
     use crate::journal::Journal;
-    use crate::log::{LogFileReader, LogSink, LogSinkError, MemoryLog};
+    use crate::log::{LogFileReader, SharedLog};
     use crate::memory::GuestMemory;
     use crate::output::ImmediateGate;
-
-    /// A memory log the test can read after the journal took the sink.
-    struct Shared(Arc<Mutex<MemoryLog>>);
-
-    impl LogSink for Shared {
-        fn append(&mut self, h: &ftvm_wire::Header, p: &[u8]) -> Result<(), LogSinkError> {
-            self.0.lock().unwrap().append(h, p)
-        }
-        fn flush(&mut self) -> Result<(), LogSinkError> {
-            Ok(())
-        }
-    }
 
     fn exit(
         mem: &GuestMemory,
@@ -777,9 +794,9 @@ mod tests {
     fn requests_complete_with_their_status_and_replay_without_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = disk_file(dir.path());
-        let log = Arc::new(Mutex::new(MemoryLog::new()));
+        let log = SharedLog::default();
         let mem = GuestMemory::new(64 << 20).unwrap();
-        let mut journal = Journal::record(Box::new(Shared(log.clone())), Box::new(ImmediateGate));
+        let mut journal = Journal::record(Box::new(log.clone()), Box::new(ImmediateGate));
         let mut dev = Block::open(&path).unwrap();
         session(&mem, &mut journal, &mut dev);
         check_guest_view(&mem);
@@ -791,7 +808,7 @@ mod tests {
 
         // Replay on fresh memory with no file: the same guest view.
         std::fs::remove_file(&path).unwrap();
-        let bytes = log.lock().unwrap().bytes.clone();
+        let bytes = log.bytes();
         let source = LogFileReader::from_bytes(Path::new("mem"), &bytes).unwrap();
         let mem2 = GuestMemory::new(64 << 20).unwrap();
         let mut journal2 = Journal::replay(Box::new(source), Box::new(ImmediateGate));
@@ -843,12 +860,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = disk_file(dir.path());
         let held = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::new(Mutex::new(MemoryLog::new()));
+        let log = SharedLog::default();
         let mem = GuestMemory::new(64 << 20).unwrap();
-        let mut journal = Journal::record(
-            Box::new(Shared(log.clone())),
-            Box::new(Deferring(held.clone())),
-        );
+        let mut journal = Journal::record(Box::new(log.clone()), Box::new(Deferring(held.clone())));
         let mut dev = Block::open(&path).unwrap();
         exit(&mem, &mut journal, 1, &mut dev, PORT_INFO, INFO_GPA as u32).unwrap();
         // Write sectors 4..6 (held), then sector 5 again (newer, held).
@@ -895,14 +909,12 @@ mod tests {
         let c = dir.path().join("c.img");
         std::fs::copy(&a, &b).unwrap();
         std::fs::copy(&a, &c).unwrap();
-        let log = Arc::new(Mutex::new(MemoryLog::new()));
+        let log = SharedLog::default();
         let mem = GuestMemory::new(64 << 20).unwrap();
         // A deferring gate: a local write must not wait for it.
         let released = Arc::new(Mutex::new(Vec::new()));
-        let mut journal = Journal::record(
-            Box::new(Shared(log.clone())),
-            Box::new(Deferring(released.clone())),
-        );
+        let mut journal =
+            Journal::record(Box::new(log.clone()), Box::new(Deferring(released.clone())));
         let mut dev = Block::open_mode(&a, DiskMode::Local).unwrap();
         assert!(dev.held.is_none());
         let dirty = dev.disk_dirty();
@@ -921,7 +933,7 @@ mod tests {
         assert!(!dirty.tracking());
 
         // Replay onto copy b: the same guest view, b gets the write.
-        let bytes = log.lock().unwrap().bytes.clone();
+        let bytes = log.bytes();
         let replay = |path: &Path| {
             let source = LogFileReader::from_bytes(Path::new("mem"), &bytes).unwrap();
             let mem2 = GuestMemory::new(64 << 20).unwrap();

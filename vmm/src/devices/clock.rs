@@ -53,19 +53,25 @@ impl Device for Clock {
         // Check the target before asking the host, so a bad GPA is not logged.
         ctx.mem().read_u64(gpa)?;
         let (start, last) = (self.start, self.last);
-        let v = ctx.input(Kind::Clock, port, |buf| {
-            let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            buf.extend_from_slice(&ns.max(last).to_le_bytes());
-            Ok(())
-        })?;
-        let ns: [u8; 8] = v
-            .as_slice()
-            .try_into()
-            .map_err(|_| DeviceError::BadRequest {
-                port,
-                detail: format!("clock value of {} bytes (expected 8)", v.len()),
-            })?;
-        ctx.mem().write(gpa, &ns)?;
+        let mem = ctx.mem();
+        let ns = ctx.input(
+            Kind::Clock,
+            port,
+            8,
+            |buf| {
+                let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                buf[..8].copy_from_slice(&ns.max(last).to_le_bytes());
+                Ok(8)
+            },
+            |v| {
+                let ns: [u8; 8] = v.try_into().map_err(|_| DeviceError::BadRequest {
+                    port,
+                    detail: format!("clock value of {} bytes (expected 8)", v.len()),
+                })?;
+                mem.write(gpa, &ns)?;
+                Ok(ns)
+            },
+        )?;
         self.last = u64::from_le_bytes(ns);
         Ok(())
     }

@@ -64,6 +64,14 @@ const _: () = assert!(
 const BATCH_HEADER: usize = 8;
 /// Bytes before a packet's data in a batch: `len: u32, reserved: u32, peer`.
 const PACKET_HEADER: usize = 8 + PEER_LEN;
+/// Room one datagram needs in a batch while it is received: its header and
+/// one byte more than the largest packet (so an oversize one is seen as
+/// such), 8-aligned.
+const PACKET_ROOM: usize = (PACKET_HEADER + MAX_PACKET + 1).next_multiple_of(8);
+/// Largest `PacketRx` batch claimed at once: datagrams are received straight
+/// into the log entry, so the claim bounds the batch (what does not fit
+/// waits for the next exit).
+const MAX_BATCH: usize = 64 * 1024;
 
 /// The NIC could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +115,6 @@ pub struct Nic {
     /// failing (a detached one fails if asked for host packets).
     standby: bool,
     stats: Arc<NicStats>,
-    buf: Vec<u8>,
 }
 
 /// Binds a nonblocking UDP service socket.
@@ -178,7 +185,6 @@ impl Nic {
             socket: Arc::new(OnceLock::new()),
             standby: false,
             stats: Arc::new(NicStats::default()),
-            buf: vec![0; MAX_PACKET + 1],
         }
     }
 
@@ -283,42 +289,51 @@ impl Nic {
         }
         let socket = self.socket.get();
         let standby = self.standby;
-        let buf = &mut self.buf;
         let stats = &self.stats;
-        let batch = ctx.poll_input(Kind::PacketRx, port, |out| match socket {
-            // A standby NIC not attached (yet): nothing arrives.
-            None if standby => Ok(false),
-            _ => collect_batch(socket, buf, stats, free, prod, out),
-        })?;
-        let Some(batch) = batch else {
+        let max_len = (BATCH_HEADER + free as usize * PACKET_ROOM)
+            .min(MAX_BATCH)
+            .min(ctx.max_input_len());
+        let count = ctx.poll_input(
+            Kind::PacketRx,
+            port,
+            max_len,
+            |out| match socket {
+                // A standby NIC not attached (yet): nothing arrives.
+                None if standby => Ok(None),
+                _ => collect_batch(socket, stats, free, prod, out),
+            },
+            |batch| apply_batch(mem, batch, prod, free, port),
+        )?;
+        let Some(count) = count else {
             return Ok(false);
         };
-        let count = apply_batch(mem, &batch, prod, free, port)?;
         self.stats.rx_packets.add(u64::from(count));
         self.stats.rx_batches.add(1);
         Ok(count > 0)
     }
 }
 
-/// Record/live: reads up to `free` datagrams from the socket into a batch.
+/// Record/live: receives up to `free` datagrams from the socket straight
+/// into `out` (the log entry being written) as a batch; returns its length,
+/// `None` when nothing was waiting.
 fn collect_batch(
     socket: Option<&UdpSocket>,
-    buf: &mut [u8],
     stats: &NicStats,
     free: u32,
     first: u32,
-    out: &mut Vec<u8>,
-) -> Result<bool, DeviceError> {
+    out: &mut [u8],
+) -> Result<Option<usize>, DeviceError> {
     let Some(socket) = socket else {
         return Err(DeviceError::Host {
             what: "NIC receive".to_string(),
             source: std::io::Error::other("no service socket (replay-only NIC)"),
         });
     };
-    out.extend_from_slice(&[0; BATCH_HEADER]);
+    let mut at = BATCH_HEADER;
     let mut count = 0u32;
-    while count < free {
-        let (n, from) = match socket.recv_from(buf) {
+    while count < free && out.len().saturating_sub(at) >= PACKET_ROOM {
+        let data_at = at + PACKET_HEADER;
+        let (n, from) = match socket.recv_from(&mut out[data_at..data_at + MAX_PACKET + 1]) {
             Ok(r) => r,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -335,19 +350,20 @@ fn collect_batch(
             stats.rx_oversize.add(1);
             continue;
         }
-        out.extend_from_slice(&(n as u32).to_le_bytes());
-        out.extend_from_slice(&[0; 4]);
-        out.extend_from_slice(&encode_peer(from));
-        out.extend_from_slice(&buf[..n]);
-        out.resize(out.len().next_multiple_of(8), 0);
+        out[at..at + 4].copy_from_slice(&(n as u32).to_le_bytes());
+        out[at + 4..at + 8].fill(0);
+        out[at + 8..data_at].copy_from_slice(&encode_peer(from));
+        let end = (data_at + n).next_multiple_of(8);
+        out[data_at + n..end].fill(0);
+        at = end;
         count += 1;
     }
     if count == 0 {
-        return Ok(false);
+        return Ok(None);
     }
     out[0..4].copy_from_slice(&count.to_le_bytes());
     out[4..8].copy_from_slice(&first.to_le_bytes());
-    Ok(true)
+    Ok(Some(at))
 }
 
 /// Every mode: writes a batch into the rx slots from `prod` on and advances
@@ -508,15 +524,14 @@ mod tests {
         let prod = RX_SLOTS - 1; // the batch wraps from the last slot to slot 0
         mem.write_u32(CTRL + RX_PROD, prod).unwrap();
         mem.write_u32(CTRL + RX_CONS, prod).unwrap();
-        let mut buf = vec![0; MAX_PACKET + 1];
         let stats = NicStats::default();
-        let mut batch = Vec::new();
+        let mut out = vec![0xee; MAX_BATCH];
         let socket = nic.socket.get();
-        assert!(collect_batch(socket, &mut buf, &stats, 2, prod, &mut batch).unwrap());
-        assert_eq!(
-            apply_batch(&mem, &batch, prod, 2, PORT_DOORBELL).unwrap(),
-            2
-        );
+        let n = collect_batch(socket, &stats, 2, prod, &mut out)
+            .unwrap()
+            .unwrap();
+        let batch = &out[..n];
+        assert_eq!(apply_batch(&mem, batch, prod, 2, PORT_DOORBELL).unwrap(), 2);
         assert_eq!(mem.read_u32(CTRL + RX_PROD).unwrap(), prod.wrapping_add(2));
         let last = RX_RING + u64::from(RX_SLOTS - 1) * SLOT_SIZE;
         assert_eq!(mem.read_u32(last).unwrap(), 10);
@@ -526,11 +541,46 @@ mod tests {
         assert_eq!(decode_peer(&peer), Some(client.local_addr().unwrap()));
         assert_eq!(mem.read_u32(RX_RING).unwrap(), 11);
         // The third datagram waits for the next batch.
-        let mut more = Vec::new();
-        assert!(collect_batch(socket, &mut buf, &stats, 5, prod + 2, &mut more).unwrap());
-        assert_eq!(u32::from_le_bytes(more[0..4].try_into().unwrap()), 1);
-        let mut none = Vec::new();
-        assert!(!collect_batch(socket, &mut buf, &stats, 5, prod + 3, &mut none).unwrap());
+        let n = collect_batch(socket, &stats, 5, prod + 2, &mut out)
+            .unwrap()
+            .unwrap();
+        assert_eq!(u32::from_le_bytes(out[0..4].try_into().unwrap()), 1);
+        // 8 + 32 + 12 bytes, padded with zeros (not the old bytes) to 8.
+        assert_eq!(n, 56);
+        assert_eq!(&out[52..56], &[0; 4]);
+        assert_eq!(
+            collect_batch(socket, &stats, 5, prod + 3, &mut out).unwrap(),
+            None
+        );
+    }
+
+    /// A claim with room for fewer datagrams than free slots ends the
+    /// batch early; the rest waits on the socket.
+    #[test]
+    fn a_batch_stops_where_the_claim_has_no_room_for_another_datagram() {
+        let nic = Nic::new("127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = nic.local_addr().unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..3 {
+            client.send_to(&[7; 100], to).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let stats = NicStats::default();
+        let socket = nic.socket.get();
+        // Room for one full-size datagram and a bit: after the first small
+        // one, too little is left for another full-size one.
+        let mut out = vec![0; BATCH_HEADER + PACKET_ROOM + 100];
+        let n = collect_batch(socket, &stats, 8, 0, &mut out)
+            .unwrap()
+            .unwrap();
+        assert_eq!(u32::from_le_bytes(out[0..4].try_into().unwrap()), 1);
+        assert_eq!(n, BATCH_HEADER + PACKET_HEADER + 104);
+        let mut out = vec![0; MAX_BATCH];
+        let n = collect_batch(socket, &stats, 8, 1, &mut out)
+            .unwrap()
+            .unwrap();
+        assert_eq!(u32::from_le_bytes(out[0..4].try_into().unwrap()), 2);
+        assert_eq!(n, BATCH_HEADER + 2 * (PACKET_HEADER + 104));
     }
 
     #[test]
@@ -577,8 +627,8 @@ mod tests {
     fn a_detached_nic_refuses_to_read_the_host() {
         let nic = Nic::detached();
         assert_eq!(nic.wait_fd(), None);
-        let mut buf = vec![0; 16];
-        let e = collect_batch(None, &mut buf, &NicStats::default(), 4, 0, &mut Vec::new());
+        let mut out = vec![0; MAX_BATCH];
+        let e = collect_batch(None, &NicStats::default(), 4, 0, &mut out);
         assert!(crate::error_chain(&e.unwrap_err()).contains("replay-only"));
     }
 
@@ -588,22 +638,11 @@ mod tests {
     /// memory give the same rx slots and a matching NetTx output.
     #[test]
     fn record_then_replay_gives_the_same_slots_and_outputs() {
-        use std::sync::Mutex;
-
         use crate::device::ExitRequests;
         use crate::journal::Journal;
-        use crate::log::{LogFileReader, LogSink, LogSinkError, MemoryLog};
+        use crate::log::{LogFileReader, SharedLog};
         use crate::output::ImmediateGate;
 
-        struct Shared(Arc<Mutex<MemoryLog>>);
-        impl LogSink for Shared {
-            fn append(&mut self, h: &ftvm_wire::Header, p: &[u8]) -> Result<(), LogSinkError> {
-                self.0.lock().unwrap().append(h, p)
-            }
-            fn flush(&mut self) -> Result<(), LogSinkError> {
-                Ok(())
-            }
-        }
         fn ctx_of<'a>(
             mem: &'a GuestMemory,
             journal: &'a mut Journal,
@@ -649,9 +688,9 @@ mod tests {
         client.send_to(b"one", nic.local_addr().unwrap()).unwrap();
         client.send_to(b"two", nic.local_addr().unwrap()).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let log = Arc::new(Mutex::new(MemoryLog::new()));
+        let log = SharedLog::default();
         let mem = memory();
-        let mut journal = Journal::record(Box::new(Shared(log.clone())), Box::new(ImmediateGate));
+        let mut journal = Journal::record(Box::new(log.clone()), Box::new(ImmediateGate));
         assert!(session(&mem, &mut journal, &mut nic));
         let mut buf = [0u8; 64];
         let (n, _) = client.recv_from(&mut buf).unwrap();
@@ -659,7 +698,7 @@ mod tests {
         assert_eq!(mem.read_u32(CTRL + RX_PROD).unwrap(), 2);
         assert_eq!(mem.read_u32(CTRL + TX_CONS).unwrap(), 1);
 
-        let bytes = log.lock().unwrap().bytes.clone();
+        let bytes = log.bytes();
         let source = LogFileReader::from_bytes(std::path::Path::new("mem"), &bytes).unwrap();
         let mem2 = memory();
         let mut journal2 = Journal::replay(Box::new(source), Box::new(ImmediateGate));

@@ -47,20 +47,25 @@ impl Device for Random {
         let gpa = u64::from(out_u32(port, data)?);
         let desc = ctx.mem().read_desc(gpa, MAX_RANDOM_LEN)?;
         let len = desc.len as usize;
-        let bytes = ctx.input(Kind::Random, port, |buf| {
-            buf.resize(len, 0);
-            host_random(buf)
-        })?;
-        if bytes.len() != len {
-            return Err(DeviceError::BadRequest {
-                port,
-                detail: format!(
-                    "random input of {} bytes for a {len}-byte buffer",
-                    bytes.len()
-                ),
-            });
-        }
-        ctx.mem().write(desc.addr, &bytes)?;
+        let mem = ctx.mem();
+        ctx.input(
+            Kind::Random,
+            port,
+            len,
+            |buf| host_random(&mut buf[..len]).map(|()| len),
+            |bytes| {
+                if bytes.len() != len {
+                    return Err(DeviceError::BadRequest {
+                        port,
+                        detail: format!(
+                            "random input of {} bytes for a {len}-byte buffer",
+                            bytes.len()
+                        ),
+                    });
+                }
+                Ok(mem.write(desc.addr, bytes)?)
+            },
+        )?;
         Ok(())
     }
 }

@@ -46,7 +46,7 @@ impl Vm {
             .journal
             .expect(Kind::Checkpoint, None, ordinal, || "a checkpoint".into())
             .map_err(log)?;
-        let primary = CheckpointRecord::from_bytes(&e.payload).ok_or_else(|| {
+        let primary = CheckpointRecord::from_bytes(e.payload).ok_or_else(|| {
             log(Divergence::Entry {
                 ordinal,
                 expected: "a checkpoint record".into(),
@@ -54,6 +54,7 @@ impl Vm {
             }
             .into())
         })?;
+        self.journal.consume();
         let mine = self.state_digest(primary.is_final)?;
         if mine != primary {
             return Err(log(Divergence::Checkpoint {

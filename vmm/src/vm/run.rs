@@ -384,7 +384,7 @@ impl Vm {
                 Some(e)
                     if e.header.kind == Kind::Checkpoint && e.header.exit_ordinal == ordinal =>
                 {
-                    CheckpointRecord::from_bytes(&e.payload).is_some_and(|c| c.is_final)
+                    CheckpointRecord::from_bytes(e.payload).is_some_and(|c| c.is_final)
                 }
                 _ => false,
             };
@@ -423,8 +423,8 @@ impl Vm {
                 {
                     return Ok(());
                 }
-                let e = self.journal.take().expect("peeked interrupt");
-                let vector = interrupt_vector(&e.payload).ok_or_else(|| {
+                let e = self.journal.peek().map_err(log)?.expect("peeked interrupt");
+                let vector = interrupt_vector(e.payload).ok_or_else(|| {
                     log(Divergence::Entry {
                         ordinal,
                         expected: "an interrupt vector".into(),
@@ -432,6 +432,7 @@ impl Vm {
                     }
                     .into())
                 })?;
+                self.journal.consume();
                 if !(ready && if_flag) {
                     return Err(log(Divergence::InterruptBlocked {
                         ordinal,

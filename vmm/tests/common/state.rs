@@ -7,11 +7,12 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use ftvm_vmm::devices::net::Nic;
+use ftvm_vmm::log::EntryRef;
 use ftvm_vmm::{
     ExitBoundary, LogEntry, LogSink, LogSinkError, LogSource, LogSourceError, MemoryLog, RunMode,
     RunOutcome, SourcePoll, Vm, VmConfig, VmControl,
 };
-use ftvm_wire::Header;
+use ftvm_wire::Kind;
 use ftvm_wire::logfile::LogReader;
 
 /// Runs `f` at the first exit boundary with ordinal >= `ordinal`.
@@ -37,60 +38,65 @@ pub fn at_ordinal<T: Send + 'static>(
 }
 
 /// A memory log the test reads after (or while) the VM writes it.
-#[derive(Clone, Default)]
-pub struct SharedLog(pub Arc<Mutex<MemoryLog>>);
+pub use ftvm_vmm::log::SharedLog;
 
-impl SharedLog {
-    /// The log's bytes (a log file).
-    pub fn bytes(&self) -> Vec<u8> {
-        let g = self.0.lock().unwrap();
-        if g.bytes.is_empty() {
-            MemoryLog::new().bytes
-        } else {
-            g.bytes.clone()
-        }
-    }
-
-    /// The entries after exit `ordinal` (where a log continued from a join
-    /// point at that exit starts).
-    pub fn entries_after(&self, ordinal: u64) -> Vec<LogEntry> {
-        LogReader::new(&self.bytes())
-            .unwrap()
-            .map(|r| r.unwrap().1)
-            .filter(|f| !f.header.kind.is_control() && f.header.exit_ordinal > ordinal)
-            .map(|f| LogEntry {
-                header: f.header,
-                payload: f.payload.to_vec(),
-            })
-            .collect()
-    }
-}
-
-impl LogSink for SharedLog {
-    fn append(&mut self, h: &Header, p: &[u8]) -> Result<(), LogSinkError> {
-        let mut g = self.0.lock().unwrap();
-        if g.bytes.is_empty() {
-            *g = MemoryLog::new();
-        }
-        g.append(h, p)
-    }
-    fn flush(&mut self) -> Result<(), LogSinkError> {
-        Ok(())
-    }
+/// The entries of `log` after exit `ordinal` (where a log continued from a
+/// join point at that exit starts).
+pub fn entries_after(log: &SharedLog, ordinal: u64) -> Vec<LogEntry> {
+    LogReader::new(&log.bytes())
+        .unwrap()
+        .map(|r| r.unwrap().1)
+        .filter(|f| !f.header.kind.is_control() && f.header.exit_ordinal > ordinal)
+        .map(|f| LogEntry {
+            header: f.header,
+            payload: f.payload.to_vec(),
+        })
+        .collect()
 }
 
 /// A log sink that hands each entry to a replaying VM (an in-process
 /// logging channel).
-pub struct ChannelSink(pub mpsc::Sender<LogEntry>);
+pub struct ChannelSink {
+    tx: mpsc::Sender<LogEntry>,
+    log: MemoryLog,
+}
+
+impl ChannelSink {
+    /// Entries go to `tx`.
+    pub fn of(tx: mpsc::Sender<LogEntry>) -> ChannelSink {
+        ChannelSink {
+            tx,
+            log: MemoryLog::new(),
+        }
+    }
+}
 
 impl LogSink for ChannelSink {
-    fn append(&mut self, h: &Header, p: &[u8]) -> Result<(), LogSinkError> {
-        self.0
-            .send(LogEntry {
-                header: *h,
-                payload: p.to_vec(),
-            })
-            .map_err(|_| LogSinkError::Closed("the backup is gone".into()))
+    fn claim(
+        &mut self,
+        kind: Kind,
+        exit_ordinal: u64,
+        max_len: usize,
+        write: &mut dyn FnMut(&mut [u8]) -> Option<usize>,
+    ) -> Result<Option<u64>, LogSinkError> {
+        // The memory log numbers and seals the entry; it is sent and dropped.
+        let start = self.log.bytes.len();
+        let Some(seq) = self.log.claim(kind, exit_ordinal, max_len, write)? else {
+            return Ok(None);
+        };
+        let frame = ftvm_wire::raw::frame(&self.log.bytes[start..]).expect("sealed frame");
+        let entry = LogEntry {
+            header: frame.header,
+            payload: frame.payload.to_vec(),
+        };
+        self.log.bytes.truncate(start);
+        self.tx
+            .send(entry)
+            .map_err(|_| LogSinkError::Closed("the backup is gone".into()))?;
+        Ok(Some(seq))
+    }
+    fn next_seq(&self) -> u64 {
+        self.log.next_seq()
     }
     fn flush(&mut self) -> Result<(), LogSinkError> {
         Ok(())
@@ -99,15 +105,37 @@ impl LogSink for ChannelSink {
 
 /// A replay source fed through a channel (the log arrives after the VM
 /// was built and its state received). Closing the sender ends the log.
-pub struct ChannelSource(pub mpsc::Receiver<LogEntry>);
+pub struct ChannelSource {
+    rx: mpsc::Receiver<LogEntry>,
+    ahead: Option<LogEntry>,
+}
+
+impl ChannelSource {
+    /// Entries come from `rx`.
+    pub fn of(rx: mpsc::Receiver<LogEntry>) -> ChannelSource {
+        ChannelSource { rx, ahead: None }
+    }
+}
 
 impl LogSource for ChannelSource {
-    fn poll_entry(&mut self) -> Result<SourcePoll, LogSourceError> {
-        Ok(match self.0.try_recv() {
-            Ok(e) => SourcePoll::Entry(e),
+    fn poll(&mut self) -> Result<SourcePoll, LogSourceError> {
+        if self.ahead.is_some() {
+            return Ok(SourcePoll::Ready);
+        }
+        Ok(match self.rx.try_recv() {
+            Ok(e) => {
+                self.ahead = Some(e);
+                SourcePoll::Ready
+            }
             Err(mpsc::TryRecvError::Empty) => SourcePoll::Pending,
             Err(mpsc::TryRecvError::Disconnected) => SourcePoll::End,
         })
+    }
+    fn peek(&mut self) -> Option<EntryRef<'_>> {
+        self.ahead.as_ref().map(LogEntry::as_ref)
+    }
+    fn consume(&mut self) {
+        self.ahead = None;
     }
 }
 
@@ -116,7 +144,7 @@ impl LogSource for ChannelSource {
 pub fn replayer(guest: &str) -> (Vm, mpsc::Sender<LogEntry>) {
     let (c, _) = super::config(guest, 0);
     let (tx, rx) = mpsc::channel();
-    let vm = Vm::new(c, RunMode::Replay(Box::new(ChannelSource(rx)))).unwrap();
+    let vm = Vm::new(c, RunMode::Replay(Box::new(ChannelSource::of(rx)))).unwrap();
     (vm, tx)
 }
 

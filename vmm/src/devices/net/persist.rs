@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use super::Nic;
-use super::abi::{CTRL, MAX_PACKET, RX_CONS, RX_PROD, RX_SLOTS, TX_CONS, TX_PROD, TX_SLOTS};
+use super::abi::{CTRL, RX_CONS, RX_PROD, RX_SLOTS, TX_CONS, TX_PROD, TX_SLOTS};
 use crate::memory::GuestMemory;
 use crate::persist::{Component, FieldError, Persist, PersistError, Section};
 
@@ -83,7 +83,6 @@ impl<'a> Persist<'a> for Nic {
             socket: Arc::clone(&args.host.socket),
             standby: args.host.standby,
             stats: Arc::clone(&args.host.stats),
-            buf: vec![0; MAX_PACKET + 1],
         })
     }
 }
