@@ -39,6 +39,7 @@ use ftvm_channel::{AckGate, ChannelError, Primary, PrimaryStats};
 use ftvm_ring::log::Consumer;
 use ftvm_vmm::{Counter, EventSource, EventSourceError, PollPoint, Release};
 
+use crate::breakdown::ShipMarks;
 use crate::gate::{GateCounters, Submitted};
 use crate::pair::GiveUp;
 
@@ -430,6 +431,8 @@ pub struct PrimaryDriver {
     joins: Option<Joins>,
     /// What the backups before the current one shipped.
     shipped_before: ChannelTotals,
+    /// When each send went out (the output-rule breakdown).
+    ship_marks: ShipMarks,
 }
 
 /// What an unprotected driver needs to take a spare as its backup.
@@ -513,6 +516,7 @@ impl PrimaryDriver {
             cause: String::new(),
             joins: None,
             shipped_before: ChannelTotals::default(),
+            ship_marks: ShipMarks::new(),
         })
     }
 
@@ -544,6 +548,7 @@ impl PrimaryDriver {
             cause: String::new(),
             joins: Some(joins),
             shipped_before: ChannelTotals::default(),
+            ship_marks: ShipMarks::new(),
         })
     }
 
@@ -637,6 +642,7 @@ impl PrimaryDriver {
                     Ok(w) => {
                         work += w;
                         self.shared.publish(p, self.shipped_before);
+                        self.ship_marks.shipped(p.last_sent_seq());
                     }
                     Err(e) => self.backup_lost(e)?,
                 }
@@ -690,9 +696,21 @@ impl PrimaryDriver {
         };
         let mut last = None;
         let latency = &self.counters.release_latency;
+        let breakdown = &self.counters.breakdown;
+        let marks = &mut self.ship_marks;
+        let protected = matches!(self.state, State::Protected(_));
         let n = self.gate.release(bound, |seq, (submitted, release)| {
+            let shipped = marks.when(seq).filter(|_| protected);
+            let start = Instant::now();
             release();
             latency.observe(now.saturating_duration_since(submitted));
+            if let Some(shipped) = shipped {
+                breakdown.observe(
+                    shipped.saturating_duration_since(submitted),
+                    now.saturating_duration_since(shipped),
+                    start.elapsed(),
+                );
+            }
             last = Some(seq);
         });
         if n > 0 {

@@ -25,6 +25,8 @@ pub struct GateCounters {
     /// Submit-to-release time of each released output (the driver
     /// observes it with the clock reading it releases by).
     pub release_latency: crate::metrics::LatencyHistogram,
+    /// Where that time goes: to ship, ACK, send (`crate::breakdown`).
+    pub breakdown: crate::breakdown::RuleBreakdown,
 }
 
 impl GateCounters {

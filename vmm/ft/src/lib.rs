@@ -44,6 +44,7 @@
 //! [`metrics`] (Prometheus, docs/operations.md), both reading the same
 //! counters.
 
+pub mod breakdown;
 pub mod driver;
 pub mod events;
 mod gate;

@@ -40,6 +40,13 @@ pub enum Protection {
         /// Wraps the replay source.
         wrap: Option<WrapSource>,
     },
+    /// A backup in another process, already listening at `connect` (the
+    /// ACK-only backup of `bench e2e`, which validates and ACKs without
+    /// replaying). The outcome has no backup run.
+    External {
+        /// The address (or shm name) the primary dials.
+        connect: String,
+    },
 }
 
 impl std::fmt::Debug for Protection {
@@ -47,6 +54,7 @@ impl std::fmt::Debug for Protection {
         match self {
             Protection::Off => f.write_str("Off"),
             Protection::On { listen, .. } => write!(f, "On({listen})"),
+            Protection::External { connect } => write!(f, "External({connect})"),
         }
     }
 }
@@ -129,8 +137,9 @@ impl LocalPair {
         c.devices.push(Box::new(nic));
         let stop = c.stop.clone();
         let (mut gate_counters, mut sink_stats, mut driver, mut backup) = (None, None, None, None);
-        let mode = match protection {
-            Protection::Off => RunMode::Live,
+        let dial = match protection {
+            Protection::Off => None,
+            Protection::External { connect } => Some(connect),
             Protection::On {
                 listen,
                 connect,
@@ -167,6 +176,12 @@ impl LocalPair {
                         .and_then(|mut vm| vm.run())
                         .map_err(|e| error_chain(&e))
                 }));
+                Some(connect(&bound))
+            }
+        };
+        let mode = match dial {
+            None => RunMode::Live,
+            Some(dial) => {
                 let arbiter = local_arbiter()?;
                 let vm = format!("{guest}-{}", service.port());
                 let candidate = crate::candidate("primary", &service.to_string());
@@ -185,7 +200,7 @@ impl LocalPair {
                     guest_arg: c.guest_arg,
                     give_up: Arc::new(move || stop2.load(Ordering::Relaxed)),
                 };
-                let end = connect_primary(settings, &connect(&bound), &c.image, opts)
+                let end = connect_primary(settings, &dial, &c.image, opts)
                     .map_err(|e| error_chain(&e))?;
                 gate_counters = Some(end.gate_counters.clone());
                 sink_stats = Some(end.sink_stats.clone());
