@@ -24,6 +24,10 @@ pub enum BenchCommand {
     Failover(FailoverArgs),
     /// State transfer: live pre-copy of the kv guest, idle and under load.
     Transfer(TransferArgs),
+    /// An ACK-only backup: takes a primary's channel, validates and ACKs
+    /// every entry, replays nothing (what FT costs a primary whose backup
+    /// has a host of its own).
+    AckBackup(crate::ackonly::AckBackupArgs),
 }
 
 /// Which end of a two-host run this process is.
@@ -137,6 +141,7 @@ pub fn run(cmd: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
         BenchCommand::E2e(a) => crate::e2e::run(a, settings),
         BenchCommand::Failover(a) => failover(a, settings),
         BenchCommand::Transfer(a) => transfer(a, settings),
+        BenchCommand::AckBackup(a) => crate::ackonly::run(a, settings),
     }
 }
 

@@ -187,6 +187,7 @@ fn rows_for(
             rx_mbit_s: None,
             tx_mbit_s: None,
             lost: Some(r.lost),
+            rule: None,
         });
         measured.push((kind, r.qps, p50));
     }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::{ChannelOptions, Latency, Report, Row, percentile_svg};
 use anyhow::{Context, bail};
+use ftvm_ft::breakdown::BreakdownSnapshot;
 use ftvm_ft::local::{LocalPair, PairOutcome, Protection};
 use ftvm_kvproto::load::{LoadConfig, LoadReport, run_load};
 use ftvm_tuning::{Settings, TransportKind};
@@ -86,6 +87,9 @@ pub struct Summary {
     pub rx_mbit_s: Option<f64>,
     pub tx_mbit_s: Option<f64>,
     pub lost: Option<u64>,
+    /// Where the output rule's time goes (FT kv rows): the driver's per-output
+    /// breakdown, p50 µs of each stage and of their sum.
+    pub rule: Option<ftvm_ft::breakdown::BreakdownSnapshot>,
 }
 
 /// A pair run that ended cleanly: the primary's outcome, and for a
@@ -133,7 +137,18 @@ pub fn kv_run(
     clients: u32,
     ops: u64,
 ) -> anyhow::Result<(LoadReport, PairOutcome)> {
+    kv_run_measured(s, protection, clients, ops).map(|(r, o, _)| (r, o))
+}
+
+/// [`kv_run`], with the driver's output-rule breakdown of a protected run.
+pub fn kv_run_measured(
+    s: &Settings,
+    protection: Protection,
+    clients: u32,
+    ops: u64,
+) -> anyhow::Result<(LoadReport, PairOutcome, Option<BreakdownSnapshot>)> {
     let pair = LocalPair::start("kv", s, protection).map_err(anyhow::Error::msg)?;
+    let gate = pair.gate.clone();
     let mut cfg = LoadConfig::new(pair.service);
     cfg.clients = clients;
     cfg.ops = ops;
@@ -152,7 +167,100 @@ pub fn kv_run(
             report.first_errors
         );
     }
-    Ok((report, out))
+    let rule = gate.map(|g| g.breakdown.snapshot());
+    Ok((report, out, rule))
+}
+
+/// An ACK-only backup in a process of its own (`ftvm bench ack-backup`),
+/// listening for one primary.
+struct AckBackup {
+    child: std::process::Child,
+    addr: String,
+    /// Holds the settings file the child read.
+    _dir: tempfile::TempDir,
+}
+
+impl AckBackup {
+    /// Starts this executable as `bench ack-backup` with `s` (written to a
+    /// profile file, so the handshake's settings fingerprint matches).
+    fn spawn(s: &Settings, kind: TransportKind) -> anyhow::Result<AckBackup> {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir()?;
+        let profile = dir.path().join("settings.toml");
+        std::fs::write(&profile, s.to_toml())?;
+        let listen = match kind {
+            TransportKind::Shm => format!("bench-ack-{}", std::process::id()),
+            _ => "127.0.0.1:0".to_string(),
+        };
+        let exe = std::env::current_exe().context("finding this executable")?;
+        let mut child = std::process::Command::new(&exe)
+            .arg("--profile")
+            .arg(&profile)
+            .args(["bench", "ack-backup", "--listen", &listen, "--guest", "kv"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {} bench ack-backup", exe.display()))?;
+        let stdout = child.stdout.take().context("the child's stdout")?;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let addr = match lines.next() {
+            Some(Ok(l)) if l.starts_with(crate::ackonly::LISTENING) => {
+                l[crate::ackonly::LISTENING.len()..].to_string()
+            }
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the ACK-only backup did not start listening: {other:?}");
+            }
+        };
+        // The rest of its output (the counts) goes to this process's stderr.
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                eprintln!("{l}");
+            }
+        });
+        Ok(AckBackup {
+            child,
+            addr,
+            _dir: dir,
+        })
+    }
+
+    /// Waits for the child to end after the primary's goodbye (killed after
+    /// 10 s); its exit status must be success.
+    fn finish(mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                if !st.success() {
+                    bail!("the ACK-only backup failed: {st}");
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!("the ACK-only backup did not end 10 s after the primary stopped");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The kv run against an ACK-only backup process.
+fn kv_ack_only(
+    s: &Settings,
+    kind: TransportKind,
+    clients: u32,
+    ops: u64,
+) -> anyhow::Result<(LoadReport, Option<BreakdownSnapshot>)> {
+    let backup = AckBackup::spawn(s, kind)?;
+    let connect = backup.addr.clone();
+    let run = kv_run_measured(s, Protection::External { connect }, clients, ops);
+    let ended = backup.finish();
+    let (report, out, rule) = run?;
+    out.primary.map_err(anyhow::Error::msg).context("primary")?;
+    ended?;
+    Ok((report, rule))
 }
 
 /// Echo counters of one run.
@@ -291,6 +399,7 @@ pub fn run(a: BenchE2eArgs, settings: &Settings) -> anyhow::Result<()> {
         rx_mbit_s: None,
         tx_mbit_s: None,
         lost: None,
+        rule: None,
     });
     eprintln!("echo, unprotected ...");
     let (echo_base, _) = echo_run(&a, settings, Protection::Off)?;
@@ -317,6 +426,7 @@ pub fn run(a: BenchE2eArgs, settings: &Settings) -> anyhow::Result<()> {
         rx_mbit_s: Some(e.received as f64 * a.echo_bytes as f64 * 8.0 / e.secs.max(1e-9) / 1e6),
         tx_mbit_s: Some(e.received as f64 * a.echo_bytes as f64 * 8.0 / e.secs.max(1e-9) / 1e6),
         lost: Some(e.sent - e.received),
+        rule: None,
     };
     rows.push(echo_row("echo", "none", &echo_base));
     summaries.push(echo_summary("none".into(), &echo_base, None, None));
@@ -336,7 +446,7 @@ pub fn run(a: BenchE2eArgs, settings: &Settings) -> anyhow::Result<()> {
             ));
         }
         eprintln!("{name}: kv with FT ...");
-        let (ft, out) = match kv_run(&s, protection(kind, "kv"), a.clients, a.ops) {
+        let (ft, out, rule) = match kv_run_measured(&s, protection(kind, "kv"), a.clients, a.ops) {
             Ok(r) => r,
             Err(e) => {
                 skipped.push(format!("{name}: {e:#}"));
@@ -371,7 +481,42 @@ pub fn run(a: BenchE2eArgs, settings: &Settings) -> anyhow::Result<()> {
             rx_mbit_s: None,
             tx_mbit_s: None,
             lost: None,
+            rule,
         });
+        eprintln!("{name}: kv with an ACK-only backup process ...");
+        match kv_ack_only(&s, kind, a.clients, a.ops) {
+            Ok((ack, rule)) => {
+                let p50 = ack.latency_us(0.5);
+                let added = p50 - base_p50;
+                rows.push(
+                    Row::new("kv-ack", name, 0)
+                        .with_latency(to_latency(&ack))
+                        .with_floor(fl)
+                        .with_rate(ack.ops, 0, ack.elapsed.as_secs_f64()),
+                );
+                summaries.push(Summary {
+                    test: "kv-ack",
+                    transport: name.into(),
+                    ops_per_s: ack.ops_per_sec(),
+                    ratio_to_unprotected: Some(ack.ops_per_sec() / base_ops),
+                    p50_us: p50,
+                    p99_us: ack.latency_us(0.99),
+                    p999_us: ack.latency_us(0.999),
+                    added_p50_us: Some(added),
+                    channel_rtt_p50_us: fl.map(|f| f.0),
+                    added_p50_in_rtts: fl.map(|f| added / f.0),
+                    log_mbit_s: None,
+                    digests_equal: None,
+                    rx_pps: None,
+                    tx_pps: None,
+                    rx_mbit_s: None,
+                    tx_mbit_s: None,
+                    lost: None,
+                    rule,
+                });
+            }
+            Err(e) => skipped.push(format!("{name}: kv with an ACK-only backup: {e:#}")),
+        }
         eprintln!("{name}: echo with FT ...");
         let (e, out) = echo_run(&a, &s, protection(kind, "echo"))?;
         let checked = check_pair(out)?;
@@ -422,6 +567,7 @@ pub fn run(a: BenchE2eArgs, settings: &Settings) -> anyhow::Result<()> {
             s.lost.map_or("-".to_string(), |l| l.to_string()),
         );
     }
+    print_breakdown(&summaries, a.clients);
     for s in &skipped {
         println!("skipped: {s}");
     }
@@ -456,6 +602,47 @@ pub fn run(a: BenchE2eArgs, settings: &Settings) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The output-rule breakdown of the FT kv rows: where the added p50 goes.
+fn print_breakdown(summaries: &[Summary], clients: u32) {
+    let rows: Vec<_> = summaries.iter().filter(|s| s.rule.is_some()).collect();
+    if rows.is_empty() {
+        return;
+    }
+    println!(
+        "\nkv, {clients} clients: the output rule per output (p50 us; rule = to ship + ACK + send, rest = added - rule)"
+    );
+    println!(
+        "{:<7} {:<6} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "test",
+        "trans",
+        "added p50",
+        "RTT p50",
+        "rule",
+        "to ship",
+        "ACK",
+        "send",
+        "rest",
+        "outputs"
+    );
+    let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.1}"));
+    for s in rows {
+        let Some(r) = s.rule else { continue };
+        println!(
+            "{:<7} {:<6} {:>10} {:>8} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8} {:>9}",
+            s.test,
+            s.transport,
+            f(s.added_p50_us),
+            f(s.channel_rtt_p50_us),
+            r.total.p50_us,
+            r.to_ship.p50_us,
+            r.ack.p50_us,
+            r.send.p50_us,
+            f(s.added_p50_us.map(|a| a - r.total.p50_us)),
+            r.outputs,
+        );
+    }
 }
 
 /// The transports `--transport` names (`all`, or one), or the settings' one.

@@ -27,6 +27,7 @@
 //!    the resolved settings; print the table, write JSON (`--report`),
 //!    `.hgrm` files (`--hgrm`) and an SVG percentile plot (`--plot`).
 
+pub mod ackonly;
 pub mod cli;
 mod cpu;
 pub mod demo;
