@@ -259,6 +259,8 @@ pub struct ReplayFeed {
     consumer: Consumer,
     replayed: Arc<AtomicU64>,
     ordinal: Arc<AtomicU64>,
+    /// Seq of the last entry the receiver put in the ring.
+    pushed: Arc<AtomicU64>,
 }
 
 impl ReplayFeed {
@@ -294,6 +296,13 @@ impl ReplayFeed {
         let chunk = self.consumer.read();
         let first = chunk.records().next().map_or(0, <[u8]>::len);
         chunk.release_up_to(first);
+    }
+
+    /// Seq of the last entry the receiver put in the ring (entries are
+    /// contiguous: this minus the last consumed seq is the backlog).
+    pub fn pushed_seq(&self) -> u64 {
+        // Relaxed: a counter for reporting; the entries travel through the ring.
+        self.pushed.load(Ordering::Relaxed)
     }
 
     /// Entries waiting in the replay ring (walks them).
@@ -385,11 +394,13 @@ fn backup_thread(
     let (ab, he, rel) = (abort.clone(), hello.clone(), released.clone());
     let replayed = Arc::new(AtomicU64::new(0));
     let ordinal = Arc::new(AtomicU64::new(0));
-    let (s, d, r, o) = (
+    let pushed = Arc::new(AtomicU64::new(0));
+    let (s, d, r, o, pu) = (
         stop.clone(),
         done.clone(),
         replayed.clone(),
         ordinal.clone(),
+        pushed.clone(),
     );
     let mut idler = idler_for(settings);
     let core = settings.receiver_core;
@@ -406,12 +417,14 @@ fn backup_thread(
                     backup.set_replayed(r.load(Ordering::Relaxed), o.load(Ordering::Relaxed));
                     let budget = producer.free_bytes();
                     let mut full = false;
+                    let mut last = None;
                     let work = backup.poll_budget(budget, |_, frame| {
                         let bytes = frame.bytes;
                         match producer.claim(bytes.len()) {
                             Ok(mut c) => {
                                 c.buf().copy_from_slice(bytes);
                                 c.commit();
+                                last = Some(frame.header.seq);
                             }
                             // The budget keeps deliveries within the free space.
                             Err(
@@ -422,6 +435,10 @@ fn backup_thread(
                         }
                     })?;
                     debug_assert!(!full, "replay feed overflowed its budget");
+                    if let Some(seq) = last {
+                        // Relaxed: a reporting counter (see `pushed_seq`).
+                        pu.store(seq, Ordering::Relaxed);
+                    }
                     // Relaxed: a watermark read for bookkeeping; the entries
                     // it covers travel through the feed ring.
                     rel.store(backup.released_seq(), Ordering::Relaxed);
@@ -454,6 +471,7 @@ fn backup_thread(
             consumer,
             replayed,
             ordinal,
+            pushed,
         },
     ))
 }

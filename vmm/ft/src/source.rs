@@ -322,19 +322,22 @@ impl LogSource for ChannelSource {
         let Some(h) = self.front().map(|f| f.header) else {
             return;
         };
-        match &mut self.drive {
+        let backlog = match &mut self.drive {
             Drive::Inline(b, ..) => {
                 self.queue.pop();
                 b.set_replayed(h.seq, h.exit_ordinal);
+                self.queue.len() as u64
             }
             Drive::Threaded { feed, .. } => {
                 feed.consume();
                 feed.set_replayed(h.seq, h.exit_ordinal);
+                // Seqs are contiguous: what was pushed after this one waits.
+                feed.pushed_seq().saturating_sub(h.seq)
             }
-        }
+        };
         self.stats.replayed.set(h.seq);
         self.stats.exit_ordinal.set(h.exit_ordinal);
-        self.stats.backlog.set(self.queue.len() as u64);
+        self.stats.backlog.set(backlog);
     }
 }
 

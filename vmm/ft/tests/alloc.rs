@@ -138,10 +138,14 @@ fn seam_does_not_allocate_per_entry(name: &str, s: &Settings) {
             Duration::from_secs(10),
         )
         .expect("backup handshake");
+        let stats = end.stats.clone();
         let mut h =
             ExitHarness::replay(MEM, Box::new(end.source), Box::new(ImmediateGate)).unwrap();
         let c = run_exits(&mut h);
         assert_eq!(h.stats().entries, WARM + N);
+        // The source's counters follow the consumed entries (inline and threaded).
+        assert_eq!(stats.replayed.get(), WARM + N);
+        assert_eq!(stats.backlog.get(), 0);
         c
     });
     let dir = tempfile::tempdir().unwrap();
