@@ -455,65 +455,21 @@ pub fn run(a: BenchE2eArgs, settings: &Settings) -> anyhow::Result<()> {
         };
         let checked = check_pair(out)?;
         let (mbit, equal) = (checked.log_mbit_s, checked.log_mbit_s.map(|_| true));
-        let p50 = ft.latency_us(0.5);
-        let added = p50 - base_p50;
-        rows.push(
-            Row::new("kv-ft", name, 0)
-                .with_latency(to_latency(&ft))
-                .with_floor(fl)
-                .with_rate(ft.ops, 0, ft.elapsed.as_secs_f64()),
-        );
-        summaries.push(Summary {
-            test: "kv",
-            transport: name.into(),
-            ops_per_s: ft.ops_per_sec(),
-            ratio_to_unprotected: Some(ft.ops_per_sec() / base_ops),
-            p50_us: p50,
-            p99_us: ft.latency_us(0.99),
-            p999_us: ft.latency_us(0.999),
-            added_p50_us: Some(added),
-            channel_rtt_p50_us: fl.map(|f| f.0),
-            added_p50_in_rtts: fl.map(|f| added / f.0),
-            log_mbit_s: mbit,
-            digests_equal: equal,
-            rx_pps: None,
-            tx_pps: None,
-            rx_mbit_s: None,
-            tx_mbit_s: None,
-            lost: None,
-            rule,
-        });
+        let kv = KvRow {
+            transport: name,
+            base_ops,
+            base_p50,
+            floor: fl,
+        };
+        let (row, summary) = kv.row("kv", "kv-ft", &ft, mbit, equal, rule);
+        rows.push(row);
+        summaries.push(summary);
         eprintln!("{name}: kv with an ACK-only backup process ...");
         match kv_ack_only(&s, kind, a.clients, a.ops) {
             Ok((ack, rule)) => {
-                let p50 = ack.latency_us(0.5);
-                let added = p50 - base_p50;
-                rows.push(
-                    Row::new("kv-ack", name, 0)
-                        .with_latency(to_latency(&ack))
-                        .with_floor(fl)
-                        .with_rate(ack.ops, 0, ack.elapsed.as_secs_f64()),
-                );
-                summaries.push(Summary {
-                    test: "kv-ack",
-                    transport: name.into(),
-                    ops_per_s: ack.ops_per_sec(),
-                    ratio_to_unprotected: Some(ack.ops_per_sec() / base_ops),
-                    p50_us: p50,
-                    p99_us: ack.latency_us(0.99),
-                    p999_us: ack.latency_us(0.999),
-                    added_p50_us: Some(added),
-                    channel_rtt_p50_us: fl.map(|f| f.0),
-                    added_p50_in_rtts: fl.map(|f| added / f.0),
-                    log_mbit_s: None,
-                    digests_equal: None,
-                    rx_pps: None,
-                    tx_pps: None,
-                    rx_mbit_s: None,
-                    tx_mbit_s: None,
-                    lost: None,
-                    rule,
-                });
+                let (row, summary) = kv.row("kv-ack", "kv-ack", &ack, None, None, rule);
+                rows.push(row);
+                summaries.push(summary);
             }
             Err(e) => skipped.push(format!("{name}: kv with an ACK-only backup: {e:#}")),
         }
@@ -602,6 +558,56 @@ pub fn run(a: BenchE2eArgs, settings: &Settings) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// What a protected kv row is measured against: the unprotected run and
+/// the transport's floor, from the same `bench e2e` run.
+struct KvRow<'a> {
+    transport: &'a str,
+    base_ops: f64,
+    base_p50: f64,
+    floor: Option<(f64, f64)>,
+}
+
+impl KvRow<'_> {
+    /// The report row and summary of one protected kv run.
+    fn row(
+        &self,
+        test: &'static str,
+        scenario: &str,
+        r: &LoadReport,
+        log_mbit_s: Option<f64>,
+        digests_equal: Option<bool>,
+        rule: Option<BreakdownSnapshot>,
+    ) -> (Row, Summary) {
+        let p50 = r.latency_us(0.5);
+        let added = p50 - self.base_p50;
+        let row = Row::new(scenario, self.transport, 0)
+            .with_latency(to_latency(r))
+            .with_floor(self.floor)
+            .with_rate(r.ops, 0, r.elapsed.as_secs_f64());
+        let summary = Summary {
+            test,
+            transport: self.transport.into(),
+            ops_per_s: r.ops_per_sec(),
+            ratio_to_unprotected: Some(r.ops_per_sec() / self.base_ops),
+            p50_us: p50,
+            p99_us: r.latency_us(0.99),
+            p999_us: r.latency_us(0.999),
+            added_p50_us: Some(added),
+            channel_rtt_p50_us: self.floor.map(|f| f.0),
+            added_p50_in_rtts: self.floor.map(|f| added / f.0),
+            log_mbit_s,
+            digests_equal,
+            rx_pps: None,
+            tx_pps: None,
+            rx_mbit_s: None,
+            tx_mbit_s: None,
+            lost: None,
+            rule,
+        };
+        (row, summary)
+    }
 }
 
 /// The output-rule breakdown of the FT kv rows: where the added p50 goes.
