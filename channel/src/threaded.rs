@@ -264,22 +264,6 @@ pub struct ReplayFeed {
 }
 
 impl ReplayFeed {
-    /// Hands every entry received so far to `f`, in order; returns how many.
-    pub fn drain(&mut self, mut f: impl FnMut(&Frame<'_>)) -> usize {
-        let chunk = self.consumer.read();
-        let mut n = 0;
-        for rec in chunk.records() {
-            // The receiver decoded (CRC included) every record before it
-            // copied it here: read it raw, not checked a second time.
-            if let Some(frame) = ftvm_wire::raw::frame(rec) {
-                f(&frame);
-                n += 1;
-            }
-        }
-        chunk.release_all();
-        n
-    }
-
     /// The oldest entry not yet consumed, lent from the replay ring (read
     /// raw: the receiver checked it, CRC included, before it copied it
     /// here); the same entry until [`ReplayFeed::consume`].

@@ -141,14 +141,21 @@ fn threaded_mode_delivers_in_order() {
             let mut next = 1u64;
             loop {
                 let finished = handle.is_finished();
-                let n = feed.drain(|f| {
+                let mut n = 0;
+                // Each entry is lent from the replay ring until consumed.
+                while let Some(f) = feed.peek() {
                     assert_eq!(f.header.seq, next);
                     assert_eq!(f.payload, &next.to_le_bytes());
+                    feed.consume();
                     next += 1;
-                });
+                    n += 1;
+                }
                 feed.set_replayed(next - 1, 0);
-                // Entries committed before the thread finished are all drained now.
+                // Entries committed before the thread finished are all consumed now.
                 if n == 0 && finished {
+                    assert!(feed.is_empty());
+                    // The thread's last count is visible once it finished.
+                    assert_eq!(feed.pushed_seq(), next - 1);
                     break;
                 }
             }
